@@ -1,0 +1,34 @@
+"""Every typed application and request key, in one place, with the request's Principal."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from server.settings import Settings
+from server.store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+ADMIN_TOKEN = web.AppKey("admin_token", str)
+# Injected clock: epoch milliseconds. Tests pin it; production uses the wall clock.
+Clock = Callable[[], int]
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request acts as: a shop token's shop, or the admin (shop_id None), who reads every shop."""
+
+    shop_id: str | None
+    token_id: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.shop_id is None
+
+
+ADMIN = Principal(shop_id=None, token_id=None)
+PRINCIPAL = web.RequestKey("principal", Principal)

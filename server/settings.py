@@ -1,0 +1,171 @@
+"""Runtime configuration: one frozen Settings built from the environment and validated at start."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+DEFAULT_CORS_ORIGINS = (
+    "http://localhost:3000",
+    "http://localhost:5173",
+    "http://127.0.0.1:3000",
+    "http://127.0.0.1:5173",
+)
+LLM_PROVIDERS = ("openai", "anthropic", "none")
+SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class SettingsError(ValueError):
+    """A configuration value is wrong; the message names the variable and what to set instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 4000
+    database_path: Path = Path("./data/flowtel.db")
+    duckdb_path: Path = Path("./data/flowtel.duckdb")
+    mirror_interval: float = 1.0
+    admin_token: str | None = None
+    auth_enabled: bool = True
+    cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
+    trust_proxy: bool = False
+    llm_provider: str = "none"
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
+    anthropic_model: str = "claude-3-5-haiku-latest"
+    # Events waiting for the writer; past this the server answers 503 instead of buffering without bound.
+    write_queue_events: int = 20000
+    # FULL fsyncs the WAL on every group commit, so an acknowledged event also survives power loss.
+    sqlite_synchronous: str = "FULL"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.database_path.parent
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin-token"
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a switch: use one of 1/0, true/false, on/off.")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number: set it to {low}..{high}.") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={value} is out of range: set it to {low}..{high}.")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number of seconds, e.g. 1 or 0.5.") from None
+    if not 0 < value <= 3600:
+        raise SettingsError(f"{name}={raw!r} must be more than 0 and at most 3600 seconds.")
+    return value
+
+
+def _sqlite_path(raw: str) -> Path:
+    if not raw.startswith("sqlite:"):
+        raise SettingsError(
+            f"DATABASE_URL={raw!r} is not supported: use sqlite:./data/flowtel.db or sqlite:///absolute/path.db."
+        )
+    rest = raw[len("sqlite:") :]
+    if rest.startswith("///"):
+        rest = "/" + rest[3:]
+    elif rest.startswith("//"):
+        rest = rest[2:]
+    if rest in ("", ":memory:"):
+        raise SettingsError(f"DATABASE_URL={raw!r} must name a file: the store is durable by design.")
+    return Path(rest)
+
+
+def _origins(raw: str | None) -> tuple[str, ...]:
+    extra: list[str] = []
+    for part in (raw or "").split(","):
+        origin = part.strip().rstrip("/")
+        if not origin:
+            continue
+        if not _ORIGIN_RE.match(origin):
+            raise SettingsError(
+                f"FLOWTEL_CORS_ORIGINS has {origin!r}: each origin is scheme://host[:port], e.g. https://dash.example.com."
+            )
+        extra.append(origin)
+    return DEFAULT_CORS_ORIGINS + tuple(o for o in extra if o not in DEFAULT_CORS_ORIGINS)
+
+
+def _nonempty(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value.strip() if value and value.strip() else None
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build Settings from an environment mapping, raising SettingsError with a fix for any bad value."""
+    admin_token = _nonempty(env, "FLOWTEL_ADMIN_TOKEN")
+    if admin_token is not None and len(admin_token) < 16:
+        raise SettingsError("FLOWTEL_ADMIN_TOKEN is too short: use at least 16 random characters.")
+
+    openai_key = _nonempty(env, "OPENAI_API_KEY")
+    anthropic_key = _nonempty(env, "ANTHROPIC_API_KEY")
+    provider = (_nonempty(env, "FLOWTEL_LLM_PROVIDER") or "").lower()
+    if provider == "":
+        provider = "openai" if openai_key else "anthropic" if anthropic_key else "none"
+    elif provider not in LLM_PROVIDERS:
+        raise SettingsError(
+            f"FLOWTEL_LLM_PROVIDER={env.get('FLOWTEL_LLM_PROVIDER')!r} is unknown: use openai, anthropic or none."
+        )
+
+    synchronous = (_nonempty(env, "FLOWTEL_SQLITE_SYNCHRONOUS") or "FULL").upper()
+    if synchronous not in SYNCHRONOUS_MODES:
+        raise SettingsError("FLOWTEL_SQLITE_SYNCHRONOUS must be FULL or NORMAL.")
+
+    defaults = Settings()
+    return Settings(
+        host=_nonempty(env, "HOST") or defaults.host,
+        port=_int(env, "PORT", defaults.port, 0, 65535),
+        database_path=_sqlite_path(_nonempty(env, "DATABASE_URL") or "sqlite:./data/flowtel.db"),
+        duckdb_path=Path(_nonempty(env, "FLOWTEL_DUCKDB_PATH") or str(defaults.duckdb_path)),
+        mirror_interval=_positive_float(env, "FLOWTEL_MIRROR_INTERVAL", defaults.mirror_interval),
+        admin_token=admin_token,
+        auth_enabled=_flag(env, "FLOWTEL_AUTH", True),
+        cors_origins=_origins(env.get("FLOWTEL_CORS_ORIGINS")),
+        trust_proxy=_flag(env, "FLOWTEL_TRUST_PROXY", False),
+        llm_provider=provider,
+        openai_api_key=openai_key,
+        openai_base_url=_nonempty(env, "OPENAI_BASE_URL"),
+        openai_model=_nonempty(env, "OPENAI_MODEL") or defaults.openai_model,
+        anthropic_api_key=anthropic_key,
+        anthropic_base_url=_nonempty(env, "ANTHROPIC_BASE_URL"),
+        anthropic_model=_nonempty(env, "ANTHROPIC_MODEL") or defaults.anthropic_model,
+        write_queue_events=_int(env, "FLOWTEL_WRITE_QUEUE", defaults.write_queue_events, 1, 10_000_000),
+        sqlite_synchronous=synchronous,
+    )

@@ -1,0 +1,360 @@
+"""The SQLite store: schema and migrations, the single writer (queue + group commit) and read-only readers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import orjson
+
+from server.events import NewEvent
+
+log = logging.getLogger("flowtel.store")
+
+T = TypeVar("T")
+
+# Each entry upgrades PRAGMA user_version by one. Never edit a released entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS events (
+        seq INTEGER PRIMARY KEY,          -- insertion order: the mirror's watermark and the cursor snapshot
+        id TEXT NOT NULL,
+        shop_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        event_name TEXT NOT NULL,
+        properties TEXT NOT NULL,         -- JSON object
+        timestamp INTEGER NOT NULL,       -- epoch ms, UTC
+        url TEXT,
+        referrer TEXT,
+        user_agent TEXT,
+        created_at INTEGER NOT NULL,      -- epoch ms, UTC
+        path TEXT,
+        browser TEXT,
+        os TEXT,
+        device TEXT NOT NULL,
+        country TEXT,
+        is_bot INTEGER NOT NULL,
+        visitor_hash TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events(id);
+    CREATE INDEX IF NOT EXISTS events_shop_time ON events(shop_id, timestamp);
+    CREATE INDEX IF NOT EXISTS events_time ON events(timestamp);
+    CREATE INDEX IF NOT EXISTS events_session ON events(session_id);
+
+    CREATE TABLE IF NOT EXISTS insights (
+        id TEXT PRIMARY KEY,
+        shop_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        title TEXT NOT NULL,
+        content TEXT NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        generated_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS insights_shop_time ON insights(shop_id, generated_at);
+
+    CREATE TABLE IF NOT EXISTS tokens (
+        id TEXT PRIMARY KEY,
+        shop_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,  -- sha256 of the secret; the secret itself is never stored
+        created_at INTEGER NOT NULL
+    );
+
+    CREATE TABLE IF NOT EXISTS salts (
+        day TEXT PRIMARY KEY,             -- UTC date; older salts are deleted so old hashes cannot be linked
+        salt BLOB NOT NULL
+    );
+    """,
+)
+
+INSERT_EVENT = """
+INSERT INTO events (id, shop_id, session_id, event_type, event_name, properties, timestamp, url, referrer,
+                    user_agent, created_at, path, browser, os, device, country, is_bot, visitor_hash)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SELECT_EXISTING_IDS = "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?))"
+INSERT_SALT = "INSERT OR IGNORE INTO salts (day, salt) VALUES (?, ?)"
+DELETE_OLD_SALTS = "DELETE FROM salts WHERE day < ?"
+SELECT_SALT = "SELECT salt FROM salts WHERE day = ?"
+
+# Upper bound of events committed in one transaction; bigger groups only add latency.
+MAX_GROUP_EVENTS = 5000
+
+
+class StoreOverloaded(Exception):
+    """The write queue is full: the caller should answer 503 and the client retry later."""
+
+
+class StoreClosed(Exception):
+    """The store is shutting down and takes no new writes."""
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the latest version; returns the version now in force."""
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(MIGRATIONS, start=1):
+        if version < number:
+            conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+            version = number
+    return version
+
+
+def prepare_database(path: Path) -> None:
+    """Create the directory and file, switch to WAL and run the migrations."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        migrate(conn)
+    finally:
+        conn.close()
+
+
+@dataclass
+class _EventJob:
+    events: list[NewEvent]
+    future: asyncio.Future[list[bool]]
+
+
+@dataclass
+class _CallJob:
+    fn: Callable[[aiosqlite.Connection], Awaitable[Any]]
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class StoreStats:
+    ingested: int = 0
+    duplicates: int = 0
+    commits: int = 0
+    failed_commits: int = 0
+    last_error: str | None = None
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Store:
+    """Owns the SQLite file: one writer connection fed by a queue, and a small pool of read-only readers."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL", queue_limit: int = 20000, readers: int = 2) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.queue_limit = queue_limit
+        self.stats = StoreStats()
+        self._reader_count = readers
+        self._queue: asyncio.Queue[_EventJob | _CallJob | None] = asyncio.Queue()
+        self._pending_events = 0
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all_readers: list[aiosqlite.Connection] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._salts: dict[str, bytes] = {}
+
+    @property
+    def writer_alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._pending_events
+
+    async def open(self) -> None:
+        await asyncio.to_thread(prepare_database, self.path)
+        self._writer = await aiosqlite.connect(self.path)
+        await self._writer.execute("PRAGMA busy_timeout = 5000")
+        await self._writer.execute(f"PRAGMA synchronous = {self.synchronous}")
+        # Index pages stay hot, so inserts into a store of millions of rows don't wait on page reads.
+        await self._writer.execute("PRAGMA cache_size = -65536")
+        for _ in range(self._reader_count):
+            reader = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
+            await reader.execute("PRAGMA busy_timeout = 5000")
+            await reader.execute("PRAGMA cache_size = -32768")
+            self._all_readers.append(reader)
+            self._readers.put_nowait(reader)
+        self._task = asyncio.create_task(self._run_writer(), name="flowtel-sqlite-writer")
+
+    async def close(self) -> None:
+        """Take no new writes, commit everything already queued, then close the connections."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task
+        for reader in self._all_readers:
+            await reader.close()
+        if self._writer is not None:
+            await self._writer.close()
+
+    async def insert_events(self, events: list[NewEvent]) -> list[bool]:
+        """Commit the events in the next group; True per event that was new, False for a stored duplicate.
+
+        Returns only after the transaction committed, so an answer built from it is durable.
+        """
+        if self._closing:
+            raise StoreClosed()
+        if self._pending_events and self._pending_events + len(events) > self.queue_limit:
+            raise StoreOverloaded()
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._pending_events += len(events)
+        self._queue.put_nowait(_EventJob(events, future))
+        return await future
+
+    async def write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run fn on the writer connection in its own transaction (committed on success, rolled back on error)."""
+        if self._closing:
+            raise StoreClosed()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_CallJob(fn, future))
+        result: T = await future
+        return result
+
+    @contextlib.asynccontextmanager
+    async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        conn = await self._readers.get()
+        try:
+            yield conn
+        finally:
+            self._readers.put_nowait(conn)
+
+    async def fetchall(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[sqlite3.Row]:
+        async with self.reader() as conn:
+            async with conn.execute(sql, params) as cursor:
+                rows = await cursor.fetchall()
+        return list(rows)
+
+    async def fetchone(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        async with self.reader() as conn:
+            async with conn.execute(sql, params) as cursor:
+                return await cursor.fetchone()
+
+    async def salt_for(self, day: str) -> bytes:
+        """The visitor-hash salt of a UTC day, created on first use; older days' salts are deleted."""
+        salt = self._salts.get(day)
+        if salt is not None:
+            return salt
+
+        async def ensure(conn: aiosqlite.Connection) -> bytes:
+            await conn.execute(INSERT_SALT, (day, secrets.token_bytes(32)))
+            await conn.execute(DELETE_OLD_SALTS, (day,))
+            async with conn.execute(SELECT_SALT, (day,)) as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            return bytes(row[0])
+
+        salt = await self.write(ensure)
+        self._salts = {day: salt}
+        return salt
+
+    async def _run_writer(self) -> None:
+        stopping = False
+        while not stopping:
+            job = await self._queue.get()
+            if job is None:
+                break
+            group: list[_EventJob] = []
+            calls: list[_CallJob] = []
+            count = 0
+            while True:
+                if isinstance(job, _EventJob):
+                    group.append(job)
+                    count += len(job.events)
+                else:
+                    calls.append(job)
+                if count >= MAX_GROUP_EVENTS or self._queue.empty():
+                    break
+                job = self._queue.get_nowait()
+                if job is None:
+                    stopping = True
+                    break
+            if group:
+                await self._commit_events(group, count)
+            for call in calls:
+                await self._run_call(call)
+        # Shutting down: whatever is still queued was accepted by a handler that is waiting; finish it.
+        leftovers: list[_EventJob] = []
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if isinstance(job, _EventJob):
+                leftovers.append(job)
+            elif isinstance(job, _CallJob):
+                await self._run_call(job)
+        if leftovers:
+            await self._commit_events(leftovers, sum(len(j.events) for j in leftovers))
+
+    async def _commit_events(self, group: list[_EventJob], count: int) -> None:
+        conn = self._writer
+        assert conn is not None
+        try:
+            ids = [event.id for job in group for event in job.events]
+            async with conn.execute(SELECT_EXISTING_IDS, (orjson.dumps(ids).decode(),)) as cursor:
+                seen = {row[0] for row in await cursor.fetchall()}
+            outcomes: list[list[bool]] = []
+            rows: list[tuple[Any, ...]] = []
+            for job in group:
+                created: list[bool] = []
+                for event in job.events:
+                    if event.id in seen:
+                        created.append(False)
+                    else:
+                        seen.add(event.id)
+                        rows.append(event.row())
+                        created.append(True)
+                outcomes.append(created)
+            if rows:
+                await conn.executemany(INSERT_EVENT, rows)
+                await conn.commit()
+        except Exception as exc:
+            self.stats.failed_commits += 1
+            self.stats.last_error = repr(exc)
+            log.error("group commit of %d events failed: %r", count, exc)
+            with contextlib.suppress(Exception):
+                await conn.rollback()
+            for job in group:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+        else:
+            self.stats.commits += 1
+            self.stats.ingested += len(rows)
+            self.stats.duplicates += count - len(rows)
+            for job, created in zip(group, outcomes, strict=True):
+                if not job.future.done():
+                    job.future.set_result(created)
+        finally:
+            self._pending_events -= count
+
+    async def _run_call(self, call: _CallJob) -> None:
+        conn = self._writer
+        assert conn is not None
+        try:
+            result = await call.fn(conn)
+            await conn.commit()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await conn.rollback()
+            if not call.future.done():
+                call.future.set_exception(exc)
+        else:
+            if not call.future.done():
+                call.future.set_result(result)
+
+
+def secure_write(path: Path, content: str) -> None:
+    """Write a secret file readable by its owner only (0600), created that way rather than chmod-ed after."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+    os.chmod(path, 0o600)
