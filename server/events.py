@@ -56,11 +56,11 @@ def normalise_event_type(event_type: str) -> str:
 
 
 def is_valid_shop_id(value: str) -> bool:
-    return bool(_SHOP_RE.match(value))
+    return bool(_SHOP_RE.fullmatch(value))
 
 
 def is_uuid(value: str) -> bool:
-    return bool(_UUID_RE.match(value))
+    return bool(_UUID_RE.fullmatch(value))
 
 
 def new_event_id() -> str:

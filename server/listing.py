@@ -6,7 +6,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -42,14 +42,26 @@ class Cursor:
 
     @classmethod
     def decode(cls, value: str) -> Cursor:
-        """ValueError when the cursor is not one this server issued."""
+        """ValueError when the cursor is not one this server issued (or was tampered with)."""
         try:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
             doc = orjson.loads(raw)
-            cursor = cls(int(doc["t"]), str(doc["i"]), int(doc["s"]), str(doc["f"]))
-        except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-            raise ValueError("is not a cursor issued by this server: pass nextCursor back unchanged") from None
-        return cursor
+        except (binascii.Error, ValueError, orjson.JSONDecodeError):
+            raise ValueError(_BAD_CURSOR) from None
+        if not isinstance(doc, dict):
+            raise ValueError(_BAD_CURSOR)
+        t, i, s, f = doc.get("t"), doc.get("i"), doc.get("s"), doc.get("f")
+        if (_is_int64(t) and _is_int64(s) and s >= 0 and isinstance(i, str) and len(i) <= 64
+                and isinstance(f, str)):
+            return cls(t, i, s, f)
+        raise ValueError(_BAD_CURSOR)
+
+
+_BAD_CURSOR = "is not a cursor issued by this server: pass nextCursor back unchanged"
+
+
+def _is_int64(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
 def where_clause(flt: EventFilter, snapshot: int | None = None) -> tuple[str, list[Any]]:

@@ -5,27 +5,13 @@ from __future__ import annotations
 import aiohttp_cors
 from aiohttp import web
 
-from server.handlers import events, health, ingest, tokens
+from server.handlers import events, health, ingest, stats, tokens
 from server.settings import Settings
 
 INGEST_MAX_AGE = 86400  # browsers cache the ingestion preflight for a day
 
 
 def setup_routes(app: web.Application, settings: Settings) -> None:
-    router = app.router
-    public = [
-        router.add_post("/api/events", ingest.post_events),
-    ]
-    dashboard = [
-        router.add_get("/api/events", events.list_events),
-        router.add_get("/api/events/{id}", events.get_event),
-        router.add_post("/api/tokens", tokens.post_token),
-        router.add_get("/api/tokens", tokens.list_tokens),
-        router.add_delete("/api/tokens/{id}", tokens.revoke_token),
-        router.add_get("/api/openapi.json", health.openapi),
-    ]
-    router.add_get("/healthz", health.healthz)
-
     cors = aiohttp_cors.setup(app)
     anyone = {
         "*": aiohttp_cors.ResourceOptions(
@@ -45,7 +31,26 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         )
         for origin in settings.cors_origins
     }
-    for route in public:
-        cors.add(route, anyone)
-    for route in dashboard:
-        cors.add(route, dashboards)
+
+    # (path, method, handler, CORS policy). Every route gets its own policy on a resource whose default allows
+    # nothing, so the public POST /api/events can never lend its any-origin policy to GET /api/events.
+    table = [
+        ("/api/events", "POST", ingest.post_events, anyone),
+        ("/api/events", "GET", events.list_events, dashboards),
+        ("/api/events/{id}", "GET", events.get_event, dashboards),
+        ("/api/tokens", "POST", tokens.post_token, dashboards),
+        ("/api/tokens", "GET", tokens.list_tokens, dashboards),
+        ("/api/tokens/{id}", "DELETE", tokens.revoke_token, dashboards),
+        ("/api/stats", "GET", stats.get_stats, dashboards),
+        ("/api/query", "POST", stats.post_query, dashboards),
+        ("/api/openapi.json", "GET", health.openapi, dashboards),
+        ("/healthz", "GET", health.healthz, dashboards),
+        ("/metrics", "GET", health.metrics, dashboards),
+    ]
+    resources: dict[str, web.Resource] = {}
+    for path, method, handler, policy in table:
+        resource = resources.get(path)
+        if resource is None:
+            resource = resources[path] = app.router.add_resource(path)
+            cors.add(resource, {})
+        cors.add(resource.add_route(method, handler), policy)

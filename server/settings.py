@@ -44,6 +44,8 @@ class Settings:
     anthropic_model: str = "claude-3-5-haiku-latest"
     # Events waiting for the writer; past this the server answers 503 instead of buffering without bound.
     write_queue_events: int = 20000
+    # DuckDB's memory cap: queries spill or fail cleanly instead of growing the process without bound.
+    duckdb_memory_limit: str = "1GB"
     # FULL fsyncs the WAL on every group commit, so an acknowledged event also survives power loss.
     sqlite_synchronous: str = "FULL"
 
@@ -115,7 +117,7 @@ def _origins(raw: str | None) -> tuple[str, ...]:
         origin = part.strip().rstrip("/")
         if not origin:
             continue
-        if not _ORIGIN_RE.match(origin):
+        if not _ORIGIN_RE.fullmatch(origin):
             raise SettingsError(
                 f"FLOWTEL_CORS_ORIGINS has {origin!r}: each origin is scheme://host[:port], e.g. https://dash.example.com."
             )
@@ -130,6 +132,7 @@ def _nonempty(env: Mapping[str, str], name: str) -> str | None:
 
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Build Settings from an environment mapping, raising SettingsError with a fix for any bad value."""
+    defaults_memory = Settings.duckdb_memory_limit
     admin_token = _nonempty(env, "FLOWTEL_ADMIN_TOKEN")
     if admin_token is not None and len(admin_token) < 16:
         raise SettingsError("FLOWTEL_ADMIN_TOKEN is too short: use at least 16 random characters.")
@@ -143,6 +146,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         raise SettingsError(
             f"FLOWTEL_LLM_PROVIDER={env.get('FLOWTEL_LLM_PROVIDER')!r} is unknown: use openai, anthropic or none."
         )
+
+    memory = _nonempty(env, "FLOWTEL_DUCKDB_MEMORY") or defaults_memory
+    if not re.fullmatch(r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$", memory, re.IGNORECASE):
+        raise SettingsError(f"FLOWTEL_DUCKDB_MEMORY={memory!r} is not a size: use e.g. 512MB or 2GB.")
 
     synchronous = (_nonempty(env, "FLOWTEL_SQLITE_SYNCHRONOUS") or "FULL").upper()
     if synchronous not in SYNCHRONOUS_MODES:
@@ -168,4 +175,5 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         anthropic_model=_nonempty(env, "ANTHROPIC_MODEL") or defaults.anthropic_model,
         write_queue_events=_int(env, "FLOWTEL_WRITE_QUEUE", defaults.write_queue_events, 1, 10_000_000),
         sqlite_synchronous=synchronous,
+        duckdb_memory_limit=memory,
     )

@@ -7,7 +7,7 @@ import re
 from aiohttp import web
 from multidict import MultiMapping
 
-from analytics.timerange import parse_bound, resolve_timezone, to_epoch_ms
+from analytics.timerange import parse_range, resolve_timezone, to_epoch_ms
 from server.auth import principal_of, scoped_shop
 from server.errors import ApiError, json_response, validation_error
 from server.events import EVENT_COLUMNS, NewEvent, is_uuid, is_valid_shop_id, normalise_event_type
@@ -25,7 +25,7 @@ def _int_param(query: MultiMapping[str], name: str, default: int, low: int, high
     if raw is None:
         return default
     bound = f"{low} to {high}" if high is not None else f"at least {low}"
-    if not _INT_RE.match(raw.strip()):
+    if not _INT_RE.fullmatch(raw.strip()):
         raise validation_error(name, f"must be a whole number, {bound}")
     value = int(raw.strip())
     if value < low or (high is not None and value > high):
@@ -51,19 +51,13 @@ def parse_filter(request: web.Request) -> EventFilter:
         tz = resolve_timezone(query.get("timezone"))
     except ValueError as exc:
         raise validation_error("timezone", str(exc)) from None
-    bounds: dict[str, int] = {}
-    for name in ("startDate", "endDate"):
-        raw = query.get(name)
-        if raw is None:
-            continue
-        try:
-            bounds[name] = to_epoch_ms(parse_bound(raw, tz, is_end=name == "endDate"))
-        except (ValueError, OverflowError) as exc:
-            raise validation_error(name, str(exc)) from None
-    start, end = bounds.get("startDate"), bounds.get("endDate")
-    if start is not None and end is not None and start > end:
-        raise validation_error("startDate", "is after endDate: the range's start must not be after its end")
-    return EventFilter(shop_id, session_id, event_type, start, end)
+    try:
+        start, end = parse_range(query.get("startDate"), query.get("endDate"), tz)
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise validation_error(field, message) from None
+    return EventFilter(shop_id, session_id, event_type, to_epoch_ms(start) if start else None,
+                       to_epoch_ms(end) if end else None)
 
 
 async def list_events(request: web.Request) -> web.Response:
