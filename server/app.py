@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from analytics.mirror import Mirror
+from analytics.warehouse import Warehouse
 from server.auth import auth_middleware, resolve_admin_token
 from server.errors import error_middleware
 from server.events import MAX_BODY_BYTES
-from server.keys import ADMIN_TOKEN, CLOCK, SETTINGS, STORE
+from server.keys import ADMIN_TOKEN, CLOCK, MIRROR, SETTINGS, STORE, TELEMETRY, WAREHOUSE
 from server.routes import setup_routes
 from server.settings import Settings
 from server.store import Store
+from server.telemetry import Telemetry, make_telemetry_middleware
 
 log = logging.getLogger("flowtel")
 
@@ -36,6 +41,60 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("SQLite store closed")
 
 
+# Rows one background pass may copy; a bigger backlog is worked off over several passes.
+MIRROR_PASS_ROWS = 1_000_000
+
+
+async def _mirror_loop(app: web.Application) -> None:
+    warehouse, mirror = app[WAREHOUSE], app[MIRROR]
+    interval = app[SETTINGS].mirror_interval
+    while True:
+        try:
+            await warehouse.run(lambda conn: mirror.catch_up(conn, MIRROR_PASS_ROWS))
+        except Exception:
+            log.exception("mirror pass failed; retrying in %.1fs", interval)
+        await asyncio.sleep(interval)
+
+
+async def analytics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The DuckDB warehouse and the mirror task that feeds it from SQLite."""
+    settings = app[SETTINGS]
+    warehouse = Warehouse(settings.duckdb_path, memory_limit=settings.duckdb_memory_limit)
+    await asyncio.to_thread(warehouse.open_sync)
+    mirror = Mirror(settings.database_path)
+    await warehouse.run(mirror.load_state)
+    app[WAREHOUSE] = warehouse
+    app[MIRROR] = mirror
+    task = asyncio.create_task(_mirror_loop(app), name="flowtel-mirror")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await warehouse.run(lambda conn: mirror.close())
+    await asyncio.to_thread(warehouse.close_sync)
+
+
+def _watch(app: web.Application) -> None:
+    def read() -> dict[str, object]:
+        store, mirror = app[STORE], app[MIRROR]
+        status = mirror.status
+        return {
+            "ingested": store.stats.ingested,
+            "duplicates": store.stats.duplicates,
+            "queue": store.queue_depth,
+            "lag": max(0, store.last_seq - status.watermark),
+            "last_sync": (status.last_sync_ms or 0) / 1000,
+            "mirror_duration": status.last_duration_s,
+        }
+
+    app[TELEMETRY].watch(read)
+
+
+async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
+    _watch(app)
+    yield
+
+
 async def admin_token_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[ADMIN_TOKEN] = resolve_admin_token(settings)
@@ -45,8 +104,9 @@ async def admin_token_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) -> web.Application:
+    telemetry = Telemetry()
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[make_telemetry_middleware(telemetry), error_middleware, auth_middleware],
         # A little above the JSON limit so a gzip body of up to 1 MiB reaches our own, clearer check.
         client_max_size=MAX_BODY_BYTES + 64 * 1024,
         # We inflate gzip ourselves with a hard cap; aiohttp's automatic inflation has none we control.
@@ -54,7 +114,10 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
     )
     app[SETTINGS] = settings
     app[CLOCK] = clock
+    app[TELEMETRY] = telemetry
     app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(analytics_ctx)
+    app.cleanup_ctx.append(telemetry_ctx)
     app.cleanup_ctx.append(admin_token_ctx)
     setup_routes(app, settings)
     return app

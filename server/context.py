@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -94,7 +95,7 @@ def client_ip(peer: str | None, forwarded_for: str | None, trust_proxy: bool) ->
     return peer or ""
 
 
-def country_of(headers: dict[str, str] | None, trust_proxy: bool) -> str | None:
+def country_of(headers: Mapping[str, str] | None, trust_proxy: bool) -> str | None:
     """Country from a trusted edge (Cloudflare's CF-IPCountry or X-Country-Code); we ship no GeoIP database."""
     if not trust_proxy or not headers:
         return None

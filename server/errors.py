@@ -12,6 +12,8 @@ from aiohttp import web
 log = logging.getLogger("flowtel.errors")
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+# Set on the request when a failure was answered, so telemetry can count rejections by code.
+ERROR_CODE = web.RequestKey("error_code", str)
 
 _STATUS_CODES = {
     400: "validation_failed",
@@ -92,14 +94,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc)
+        error = exc
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(_from_http_exception(exc))
+        error = _from_http_exception(exc)
     except Exception:
         # The trace goes to the log, never to the client.
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(
-            ApiError(500, "internal_error", "Something went wrong on the server; the request was not applied.")
-        )
+        error = ApiError(500, "internal_error", "Something went wrong on the server; the request was not applied.")
+    request[ERROR_CODE] = error.code
+    return error_response(error)

@@ -7,12 +7,18 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from analytics.mirror import Mirror
+from analytics.warehouse import Warehouse
 from server.settings import Settings
 from server.store import Store
+from server.telemetry import Telemetry
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
+WAREHOUSE = web.AppKey("warehouse", Warehouse)
+MIRROR = web.AppKey("mirror", Mirror)
+TELEMETRY = web.AppKey("telemetry", Telemetry)
 # Injected clock: epoch milliseconds. Tests pin it; production uses the wall clock.
 Clock = Callable[[], int]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")

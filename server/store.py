@@ -26,7 +26,9 @@ T = TypeVar("T")
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE IF NOT EXISTS events (
-        seq INTEGER PRIMARY KEY,          -- insertion order: the mirror's watermark and the cursor snapshot
+        -- Insertion order: the mirror's watermark and the cursor snapshot. AUTOINCREMENT: a deleted row's seq
+        -- is never reused, so the mirror can never skip a row that reuses an old number.
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
         id TEXT NOT NULL,
         shop_id TEXT NOT NULL,
         session_id TEXT NOT NULL,
@@ -87,6 +89,7 @@ SELECT_EXISTING_IDS = "SELECT id FROM events WHERE id IN (SELECT value FROM json
 INSERT_SALT = "INSERT OR IGNORE INTO salts (day, salt) VALUES (?, ?)"
 DELETE_OLD_SALTS = "DELETE FROM salts WHERE day < ?"
 SELECT_SALT = "SELECT salt FROM salts WHERE day = ?"
+SELECT_MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM events"
 
 # Upper bound of events committed in one transaction; bigger groups only add latency.
 MAX_GROUP_EVENTS = 5000
@@ -161,6 +164,7 @@ class Store:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._salts: dict[str, bytes] = {}
+        self.last_seq = 0
 
     @property
     def writer_alive(self) -> bool:
@@ -183,6 +187,9 @@ class Store:
             await reader.execute("PRAGMA cache_size = -32768")
             self._all_readers.append(reader)
             self._readers.put_nowait(reader)
+        async with self._writer.execute(SELECT_MAX_SEQ) as cursor:
+            row = await cursor.fetchone()
+        self.last_seq = int(row[0]) if row else 0
         self._task = asyncio.create_task(self._run_writer(), name="flowtel-sqlite-writer")
 
     async def close(self) -> None:
@@ -328,6 +335,8 @@ class Store:
         else:
             self.stats.commits += 1
             self.stats.ingested += len(rows)
+            # The only writer of events, and seq never reuses a number: the new rows took the next len(rows) values.
+            self.last_seq += len(rows)
             self.stats.duplicates += count - len(rows)
             for job, created in zip(group, outcomes, strict=True):
                 if not job.future.done():

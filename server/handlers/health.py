@@ -1,4 +1,4 @@
-"""GET /healthz and GET /api/openapi.json."""
+"""GET /healthz, GET /metrics and GET /api/openapi.json."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from aiohttp import web
 
 from server import __version__
 from server.errors import ApiError, json_response
-from server.keys import STORE
+from server.events import format_ms
+from server.keys import MIRROR, STORE, TELEMETRY
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
 SELECT_HEALTH = "SELECT coalesce(max(seq), 0) FROM events"
@@ -23,10 +24,11 @@ async def healthz(request: web.Request) -> web.Response:
         raise ApiError(503, "overloaded", f"Storage is unusable: {exc}.", headers={"Retry-After": "5"}) from None
     if not store.writer_alive:
         raise ApiError(503, "overloaded", "The storage writer is not running.", headers={"Retry-After": "5"})
-    # The DuckDB mirror arrives with the analytics work; until then nothing is mirrored, so all events lag.
-    return json_response(
-        {"status": "ok", "version": __version__, "mirror": {"lagEvents": int(row[0]), "lastSyncAt": None}}
-    )
+    status = request.app[MIRROR].status
+    lag = max(0, int(row[0]) - status.watermark)
+    last_sync = format_ms(status.last_sync_ms) if status.last_sync_ms is not None else None
+    mirror = {"lagEvents": lag, "lastSyncAt": last_sync}
+    return json_response({"status": "ok", "version": __version__, "mirror": mirror})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -34,3 +36,8 @@ async def openapi(request: web.Request) -> web.Response:
         body=OPENAPI_PATH.read_bytes(), content_type="application/json", charset="utf-8",
         headers={"Cache-Control": "no-cache"},
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[TELEMETRY].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -34,7 +34,7 @@ async def post_events(request: web.Request) -> web.Response:
     info = RequestInfo(
         user_agent=headers.get("User-Agent", ""),
         client_ip=client_ip(request.remote, headers.get("X-Forwarded-For"), settings.trust_proxy),
-        country=country_of(dict(headers), settings.trust_proxy),
+        country=country_of(headers, settings.trust_proxy),
         now_ms=now_ms,
         salt=await store.salt_for(format_ms(now_ms)[:10]),
     )

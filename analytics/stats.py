@@ -1,0 +1,365 @@
+"""The /api/stats report: ranges, periods and buckets (pure), and the report computed from the registry."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import duckdb
+
+from analytics.metrics import METRICS, finish_metric, format_hour, money
+from analytics.query import Filter, Query, Scope, Sql, aggregate_sql, base_sql
+
+PERIODS = ("today", "yesterday", "7d", "30d", "90d", "month", "lastMonth", "year", "all")
+INTERVALS = ("hour", "day", "week", "month")
+DEFAULT_FUNNEL = ("page_view", "product_view", "add_to_cart", "checkout_start", "purchase")
+TOTAL_METRICS = ("events", "pageViews", "sessions", "visitors", "bounceRate", "avgSessionDuration",
+                 "viewsPerSession", "orders", "revenue", "averageOrderValue", "conversionRate")
+SERIES_METRICS = ("events", "pageViews", "sessions", "visitors", "orders", "revenue")
+SESSION_BREAKDOWNS = {
+    "entryPages": "entryPage", "exitPages": "exitPage", "sources": "source", "utmCampaigns": "utmCampaign",
+    "devices": "device", "browsers": "browser", "os": "os", "countries": "country",
+}
+MAX_BUCKETS = 5000
+TOP = 10
+
+
+class RangeError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=tz)
+
+
+def _month_start(day: date, shift: int = 0) -> date:
+    index = day.year * 12 + day.month - 1 + shift
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def period_range(period: str, now: datetime, tz: ZoneInfo, first_event: datetime | None = None
+                 ) -> tuple[datetime, datetime]:
+    """A named period → [start, end) at local midnights. 7d/30d/90d end with today (inclusive)."""
+    today = now.astimezone(tz).date()
+    tomorrow = today + timedelta(days=1)
+    if period == "today":
+        days = (today, tomorrow)
+    elif period == "yesterday":
+        days = (today - timedelta(days=1), today)
+    elif period in ("7d", "30d", "90d"):
+        n = int(period[:-1])
+        days = (today - timedelta(days=n - 1), tomorrow)
+    elif period == "month":
+        days = (_month_start(today), _month_start(today, 1))
+    elif period == "lastMonth":
+        days = (_month_start(today, -1), _month_start(today))
+    elif period == "year":
+        days = (date(today.year, 1, 1), date(today.year + 1, 1, 1))
+    elif period == "all":
+        first = first_event.astimezone(tz).date() if first_event is not None else today
+        days = (min(first, today), tomorrow)
+    else:
+        raise RangeError("period", f"unknown period {period!r}; use one of {', '.join(PERIODS)}")
+    return local_midnight(days[0], tz), local_midnight(days[1], tz)
+
+
+def previous_range(start: datetime, end: datetime, compare: str, period: str | None, tz: ZoneInfo
+                   ) -> tuple[datetime, datetime]:
+    """The comparison range: the same span just before (calendar months/years for those periods), or a year ago."""
+    local_start, local_end = start.astimezone(tz), end.astimezone(tz)
+    if compare == "year":
+        return _minus_year(local_start, tz), _minus_year(local_end, tz)
+    if period in ("month", "lastMonth"):
+        return (local_midnight(_month_start(local_start.date(), -1), tz), local_start)
+    if period == "year":
+        return local_midnight(date(local_start.year - 1, 1, 1), tz), local_start
+    if _is_midnight(local_start) and _is_midnight(local_end):
+        days = (local_end.date() - local_start.date()).days
+        return local_midnight(local_start.date() - timedelta(days=days), tz), local_start
+    span = end - start
+    return start - span, start
+
+
+def _is_midnight(moment: datetime) -> bool:
+    return (moment.hour, moment.minute, moment.second, moment.microsecond) == (0, 0, 0, 0)
+
+
+def _minus_year(moment: datetime, tz: ZoneInfo) -> datetime:
+    day = moment.day if not (moment.month == 2 and moment.day == 29) else 28
+    naive = moment.replace(tzinfo=None).replace(year=moment.year - 1, day=day)
+    return naive.replace(tzinfo=tz)
+
+
+def default_interval(start: datetime, end: datetime) -> str:
+    return "hour" if end - start <= timedelta(hours=48) else "day"
+
+
+def buckets(start: datetime, end: datetime, tz: ZoneInfo, interval: str) -> list[tuple[Any, str]]:
+    """Every bucket touching [start, end): (key as the SQL dimension yields it, label for the response)."""
+    if end <= start:
+        return []
+    out: list[tuple[Any, str]] = []
+    if interval == "hour":
+        # Walk in quarter hours so 30/45-minute offsets and DST jumps produce each local hour exactly once.
+        seen: set[int] = set()
+        step = 900
+        t = int(start.timestamp())
+        t -= t % step
+        stop = int(end.timestamp())
+        while t < stop:
+            local = datetime.fromtimestamp(t, UTC).astimezone(tz)
+            wall = int(local.replace(tzinfo=UTC).timestamp())
+            key = t - wall % 3600
+            if key not in seen and key + 3600 > int(start.timestamp()):
+                seen.add(key)
+                out.append((key, format_hour(key, tz)))
+            t += step
+            if len(out) > MAX_BUCKETS:
+                break
+        return out
+    first = start.astimezone(tz).date()
+    last = (end - timedelta(microseconds=1)).astimezone(tz).date()
+    if interval == "day":
+        day = first
+    elif interval == "week":
+        day = first - timedelta(days=first.weekday())
+    elif interval == "month":
+        day = first.replace(day=1)
+    else:
+        raise RangeError("interval", f"unknown interval {interval!r}; use one of {', '.join(INTERVALS)}")
+    while day <= last and len(out) <= MAX_BUCKETS:
+        label = day.isoformat()
+        out.append((label, label))
+        if interval == "day":
+            day += timedelta(days=1)
+        elif interval == "week":
+            day += timedelta(days=7)
+        else:
+            day = _month_start(day, 1)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRequest:
+    scope: Scope
+    interval: str
+    compare: str | None = None
+    previous: tuple[datetime, datetime] | None = None
+    funnel: tuple[str, ...] = DEFAULT_FUNNEL
+
+
+def _run(conn: duckdb.DuckDBPyConnection, sql: Sql) -> list[tuple[Any, ...]]:
+    return conn.execute(sql.text, sql.params).fetchall()
+
+
+def _aggregate(conn: duckdb.DuckDBPyConnection, query: Query, scope: Scope) -> list[tuple[Any, ...]]:
+    sql = Sql()
+    sql.text = aggregate_sql(query, "report_base", sql, timezone=scope.timezone, with_total=False)
+    return _run(conn, sql)
+
+
+def _materialise(conn: duckdb.DuckDBPyConnection, scope: Scope) -> None:
+    sql = Sql()
+    text = base_sql(scope, sql)
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE report_base AS {text}", sql.params)
+
+
+def _totals(conn: duckdb.DuckDBPyConnection, scope: Scope) -> dict[str, Any]:
+    rows = _aggregate(conn, Query(metrics=TOTAL_METRICS, limit=1), scope)
+    values = rows[0] if rows else (None,) * len(TOTAL_METRICS)
+    return {name: finish_metric(METRICS[name], value) for name, value in zip(TOTAL_METRICS, values, strict=True)}
+
+
+def _breakdown(conn: duckdb.DuckDBPyConnection, scope: Scope, dimension: str, metrics: tuple[str, ...],
+               filters: tuple[Filter, ...] = ()) -> list[dict[str, Any]]:
+    query = Query(metrics=metrics, dimensions=(dimension,), filters=(*filters, Filter("is_set", dimension, ())),
+                  order_by=((metrics[0], "desc"),), limit=TOP)
+    rows = _aggregate(conn, query, scope)
+    out = []
+    for row in rows:
+        item: dict[str, Any] = {"value": row[0]}
+        for name, value in zip(metrics, row[1:], strict=True):
+            item[name] = finish_metric(METRICS[name], value)
+        out.append(item)
+    return out
+
+
+FUNNEL_STEP = """
+s{i} AS (
+    SELECT b.shop_id, b.session_id, min(b.ts) AS t
+    FROM report_base b JOIN s{prev} p ON b.shop_id = p.shop_id AND b.session_id = p.session_id
+    WHERE b.event_type = $step{i} AND b.ts >= p.t AND (b.event_type <> 'purchase' OR b.counted)
+    GROUP BY b.shop_id, b.session_id
+)"""
+
+
+def funnel_sql(steps: tuple[str, ...]) -> Sql:
+    """Sessions reaching each step at or after their previous step's (earliest chained) time."""
+    sql = Sql()
+    ctes = ["""s0 AS (
+    SELECT shop_id, session_id, min(ts) AS t FROM report_base
+    WHERE event_type = $step0 AND (event_type <> 'purchase' OR counted)
+    GROUP BY shop_id, session_id
+)"""]
+    for i, step in enumerate(steps):
+        sql.params[f"step{i}"] = step
+        if i:
+            ctes.append(FUNNEL_STEP.format(i=i, prev=i - 1))
+    counts = ", ".join(f"(SELECT count(*) FROM s{i})" for i in range(len(steps)))
+    sql.text = f"WITH {', '.join(ctes)} SELECT {counts}"
+    return sql
+
+
+def _funnel(conn: duckdb.DuckDBPyConnection, steps: tuple[str, ...]) -> list[dict[str, Any]]:
+    row = _run(conn, funnel_sql(steps))[0]
+    out = []
+    for i, (step, sessions) in enumerate(zip(steps, row, strict=True)):
+        first, prev = row[0], row[i - 1] if i else row[0]
+        out.append({
+            "step": step,
+            "sessions": int(sessions),
+            "rateFromStart": sessions / first if first else None,
+            "rateFromPrevious": sessions / prev if prev else None,
+        })
+    return out
+
+
+# Product lines of counted orders: items/products arrays, else the purchase's own productId.
+TOP_PRODUCTS_SQL = """
+WITH item_rows AS (
+    SELECT currency, unnest(coalesce(json_extract(properties, '$.items[*]'),
+                                     json_extract(properties, '$.products[*]'))) AS item
+    FROM report_base WHERE counted
+),
+lines AS (
+    SELECT coalesce(item->>'productId', item->>'product_id', item->>'item_id', item->>'id') AS product_id,
+           item->>'name' AS name,
+           coalesce(try_cast(item->>'price' AS DOUBLE), 0) AS price,
+           coalesce(try_cast(item->>'quantity' AS DOUBLE), 1) AS quantity,
+           currency
+    FROM item_rows
+    UNION ALL
+    SELECT product_id, json_extract_string(properties, '$.name'),
+           coalesce(try_cast(json_extract_string(properties, '$.price') AS DOUBLE), order_value, 0),
+           coalesce(try_cast(json_extract_string(properties, '$.quantity') AS DOUBLE), 1),
+           currency
+    FROM report_base
+    WHERE counted AND product_id IS NOT NULL
+      AND json_extract(properties, '$.items') IS NULL AND json_extract(properties, '$.products') IS NULL
+),
+bought AS (
+    SELECT product_id, any_value(name) FILTER (WHERE name IS NOT NULL) AS name, sum(quantity) AS units,
+           list({'currency': currency, 'value': price * quantity}) AS revenue_lines
+    FROM lines WHERE product_id IS NOT NULL GROUP BY product_id
+),
+seen AS (
+    SELECT product_id,
+           arg_min(json_extract_string(properties, '$.name'), (ts, seq)) AS name,
+           count(*) FILTER (WHERE event_type = 'product_view') AS views,
+           count(*) FILTER (WHERE event_type = 'add_to_cart') AS carts
+    FROM report_base
+    WHERE product_id IS NOT NULL AND event_type IN ('product_view', 'add_to_cart')
+    GROUP BY product_id
+)
+SELECT coalesce(s.product_id, b.product_id) AS product_id, coalesce(s.name, b.name) AS name,
+       coalesce(s.views, 0) AS views, coalesce(s.carts, 0) AS carts, coalesce(b.units, 0) AS units,
+       b.revenue_lines
+FROM seen s FULL OUTER JOIN bought b ON s.product_id = b.product_id
+ORDER BY units DESC, views DESC, product_id ASC
+LIMIT 10
+"""
+
+
+def _top_products(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    out = []
+    for product_id, name, views, carts, units, lines in conn.execute(TOP_PRODUCTS_SQL).fetchall():
+        units_value = float(units)
+        out.append({
+            "productId": product_id,
+            "name": name,
+            "views": int(views),
+            "addToCarts": int(carts),
+            "purchases": int(units_value) if units_value.is_integer() else units_value,
+            "revenue": money(lines),
+        })
+    return out
+
+
+def _change(current: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    change: dict[str, Any] = {}
+    for name in TOTAL_METRICS:
+        metric = METRICS[name]
+        cur, prev = current[name], previous[name]
+        if metric.kind == "money":
+            cur_by = {m["currency"]: m["amount"] for m in cur}
+            prev_by = {m["currency"]: m["amount"] for m in prev}
+            change[name] = {
+                currency: ((cur_by.get(currency, 0.0) - prev_by[currency]) / prev_by[currency] * 100
+                           if prev_by.get(currency) else None)
+                for currency in sorted(set(cur_by) | set(prev_by))
+            }
+        elif metric.kind == "rate":
+            change[name] = (cur - prev) * 100 if cur is not None and prev is not None else None
+        else:
+            change[name] = (cur - prev) / prev * 100 if prev else None
+    return change
+
+
+def _timeseries(conn: duckdb.DuckDBPyConnection, request: ReportRequest) -> list[dict[str, Any]]:
+    scope = request.scope
+    tz = ZoneInfo(scope.timezone)
+    dimension = f"time:{request.interval}"
+    rows = _aggregate(conn, Query(metrics=SERIES_METRICS, dimensions=(dimension,), limit=MAX_BUCKETS + 10), scope)
+    by_key = {row[0]: row[1:] for row in rows}
+    series = []
+    for key, label in buckets(scope.start, scope.end, tz, request.interval):
+        values = by_key.get(key)
+        item: dict[str, Any] = {"date": label}
+        for i, name in enumerate(SERIES_METRICS):
+            item[name] = finish_metric(METRICS[name], values[i] if values else None)
+        series.append(item)
+    return series
+
+
+def compute_report(conn: duckdb.DuckDBPyConnection, request: ReportRequest) -> dict[str, Any]:
+    """The whole report; runs on the warehouse thread. The base relation is materialised once and shared."""
+    scope = request.scope
+    tz = ZoneInfo(scope.timezone)
+    _materialise(conn, scope)
+    try:
+        report: dict[str, Any] = {
+            "shopId": scope.shop_id,
+            "range": {
+                "start": scope.start.astimezone(tz).isoformat(timespec="seconds"),
+                "end": scope.end.astimezone(tz).isoformat(timespec="seconds"),
+                "timezone": scope.timezone,
+                "interval": request.interval,
+            },
+            "totals": _totals(conn, scope),
+        }
+        report["timeseries"] = _timeseries(conn, request)
+        report["eventTypes"] = _breakdown(conn, scope, "eventType", ("events",))
+        report["topPages"] = _breakdown(conn, scope, "path", ("pageViews", "sessions"),
+                                        (Filter("is", "eventType", ("page_view",)),))
+        for key, dimension in SESSION_BREAKDOWNS.items():
+            report[key] = _breakdown(conn, scope, dimension, ("sessions", "pageViews"))
+        report["funnel"] = _funnel(conn, request.funnel)
+        report["topProducts"] = _top_products(conn)
+        if request.compare and request.previous:
+            previous_scope = dataclasses.replace(scope, start=request.previous[0], end=request.previous[1])
+            _materialise(conn, previous_scope)
+            report["previous"] = _totals(conn, previous_scope)
+            report["range"]["previous"] = {
+                "start": previous_scope.start.astimezone(tz).isoformat(timespec="seconds"),
+                "end": previous_scope.end.astimezone(tz).isoformat(timespec="seconds"),
+            }
+            report["change"] = _change(report["totals"], report["previous"])
+    finally:
+        conn.execute("DROP TABLE IF EXISTS report_base")
+    return report

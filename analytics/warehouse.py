@@ -1,0 +1,109 @@
+"""The DuckDB warehouse: the file, its schema, and the one connection, used from one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq BIGINT NOT NULL,
+    id VARCHAR NOT NULL,
+    shop_id VARCHAR NOT NULL,
+    session_id VARCHAR NOT NULL,
+    event_type VARCHAR NOT NULL,
+    event_name VARCHAR NOT NULL,
+    properties JSON NOT NULL,
+    ts TIMESTAMPTZ NOT NULL,
+    url VARCHAR,
+    referrer VARCHAR,
+    user_agent VARCHAR,
+    created_at TIMESTAMPTZ NOT NULL,
+    path VARCHAR,
+    host VARCHAR,
+    referrer_host VARCHAR,
+    source VARCHAR NOT NULL,
+    utm_source VARCHAR,
+    utm_medium VARCHAR,
+    utm_campaign VARCHAR,
+    device VARCHAR NOT NULL,
+    browser VARCHAR,
+    os VARCHAR,
+    country VARCHAR,
+    is_bot BOOLEAN NOT NULL,
+    visitor_hash VARCHAR NOT NULL,
+    product_id VARCHAR,
+    order_id VARCHAR,
+    order_value DOUBLE,
+    currency VARCHAR
+);
+CREATE TABLE IF NOT EXISTS mirror_state (
+    id INTEGER PRIMARY KEY,
+    watermark BIGINT NOT NULL,
+    last_sync_at TIMESTAMPTZ
+);
+INSERT INTO mirror_state VALUES (1, 0, NULL) ON CONFLICT DO NOTHING;
+"""
+
+
+class Warehouse:
+    """Owns the DuckDB file. Every use of the connection runs on one dedicated thread, in call order."""
+
+    def __init__(self, path: Path | str, *, memory_limit: str = "1GB", threads: int = 2,
+                 read_only: bool = False) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else path
+        self.memory_limit = memory_limit
+        self.threads = threads
+        self.read_only = read_only
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowtel-duckdb")
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._thread_id: int | None = None
+
+    def open_sync(self) -> None:
+        """Open the file and create the schema; runs on the worker thread."""
+        self._executor.submit(self._open).result()
+
+    def _open(self) -> None:
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Nothing may be downloaded at run time: the extensions we use (icu, json, parquet) are built in.
+        config: dict[str, Any] = {"memory_limit": self.memory_limit, "threads": self.threads,
+                                  "autoinstall_known_extensions": False}
+        self._conn = duckdb.connect(str(self.path), read_only=self.read_only, config=config)
+        self._conn.execute("SET TimeZone = 'UTC'")
+        self._thread_id = threading.get_ident()
+        if not self.read_only:
+            self._conn.execute(SCHEMA)
+
+    @property
+    def conn(self) -> duckdb.DuckDBPyConnection:
+        """The connection; only valid on the worker thread (inside call/run)."""
+        assert self._conn is not None, "warehouse is not open"
+        assert threading.get_ident() == self._thread_id, "the DuckDB connection is used off its worker thread"
+        return self._conn
+
+    def call(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run fn(conn) on the worker thread and wait (for synchronous callers: CLI, tests, benchmarks)."""
+        return self._executor.submit(lambda: fn(self.conn)).result()
+
+    async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run fn(conn) on the worker thread without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(self.conn))
+
+    def close_sync(self) -> None:
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        self._executor.submit(close).result()
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,222 @@
+"""GET /api/stats and POST /api/query: parse parameters, catch the mirror up, run the report on DuckDB."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import orjson
+from aiohttp import web
+
+from analytics.metrics import METRICS, finish_metric, format_hour
+from analytics.query import QueryError, Scope, build_query_sql, parse_query
+from analytics.stats import (
+    DEFAULT_FUNNEL,
+    INTERVALS,
+    MAX_BUCKETS,
+    PERIODS,
+    ReportRequest,
+    buckets,
+    compute_report,
+    default_interval,
+    local_midnight,
+    period_range,
+    previous_range,
+)
+from analytics.timerange import parse_range, resolve_timezone
+from server.auth import scoped_shop
+from server.errors import ApiError, json_response, validation_error
+from server.events import is_valid_shop_id, normalise_event_type
+from server.keys import CLOCK, MIRROR, WAREHOUSE
+
+# Rows a request may copy into the mirror before it answers; the background loop keeps the lag far below this.
+CATCH_UP_ROWS = 5_000_000
+SELECT_FIRST_EVENT = "SELECT min(ts) FROM events WHERE ($shop IS NULL OR shop_id = $shop)"
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _shop(request: web.Request, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not is_valid_shop_id(value)):
+        raise validation_error("shopId", "must be 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-'")
+    return scoped_shop(request, value)
+
+
+def _timezone(value: Any) -> str:
+    if value is not None and not isinstance(value, str):
+        raise validation_error("timezone", "must be an IANA timezone name such as Europe/Berlin")
+    try:
+        return resolve_timezone(value).key
+    except ValueError as exc:
+        raise validation_error("timezone", str(exc)) from None
+
+
+def _bool(query: Any, name: str) -> bool:
+    raw = query.get(name)
+    if raw is None:
+        return False
+    value = _BOOLS.get(raw.strip().lower())
+    if value is None:
+        raise validation_error(name, "must be true or false")
+    return value
+
+
+def _funnel(raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return DEFAULT_FUNNEL
+    steps = tuple(normalise_event_type(step.strip()) for step in raw.split(","))
+    if not 1 <= len(steps) <= 10 or any(not 1 <= len(s) <= 100 or not s.isprintable() for s in steps):
+        raise validation_error("funnel", "must be 1 to 10 comma-separated event types")
+    return steps
+
+
+def _explicit_range(start_raw: str | None, end_raw: str | None, tz_name: str, now: datetime
+                    ) -> tuple[datetime, datetime]:
+    tz = resolve_timezone(tz_name)
+    if start_raw is None:
+        raise validation_error("startDate", "is required when endDate is given")
+    try:
+        start, end = parse_range(start_raw, end_raw, tz)
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise validation_error(field, message) from None
+    assert start is not None
+    if end is None:
+        end = local_midnight(now.astimezone(tz).date() + timedelta(days=1), tz)
+        if start > end:
+            raise validation_error("startDate", "is in the future: the range would end before it starts")
+    return start, end
+
+
+async def _catch_up(request: web.Request) -> None:
+    mirror = request.app[MIRROR]
+    await request.app[WAREHOUSE].run(lambda conn: mirror.catch_up(conn, CATCH_UP_ROWS))
+
+
+def _first_event(conn: duckdb.DuckDBPyConnection, shop_id: str | None) -> datetime | None:
+    row = conn.execute(SELECT_FIRST_EVENT, {"shop": shop_id}).fetchone()
+    return row[0] if row and row[0] is not None else None
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    query = request.query
+    shop_id = _shop(request, query.get("shopId"))
+    tz_name = _timezone(query.get("timezone"))
+    tz = resolve_timezone(tz_name)
+    now = datetime.fromtimestamp(request.app[CLOCK]() / 1000, UTC)
+    period = query.get("period")
+    if period is not None and period not in PERIODS:
+        raise validation_error("period", f"unknown period {period!r}; use one of {', '.join(PERIODS)}")
+    compare = query.get("compare")
+    if compare is not None and compare not in ("previous", "year"):
+        raise validation_error("compare", "must be previous or year")
+    interval = query.get("interval")
+    if interval is not None and interval not in INTERVALS:
+        raise validation_error("interval", f"unknown interval {interval!r}; use one of {', '.join(INTERVALS)}")
+    include_bots = _bool(query, "includeBots")
+    funnel = _funnel(query.get("funnel"))
+    explicit = "startDate" in query or "endDate" in query
+    if explicit:
+        start, end = _explicit_range(query.get("startDate"), query.get("endDate"), tz_name, now)
+        period = None
+    else:
+        period = period or "30d"
+
+    await _catch_up(request)
+    warehouse = request.app[WAREHOUSE]
+    if period == "all":
+        first = await warehouse.run(lambda conn: _first_event(conn, shop_id))
+        start, end = period_range(period, now, tz, first)
+    elif period is not None:
+        start, end = period_range(period, now, tz)
+    interval = interval or default_interval(start, end)
+    if len(buckets(start, end, tz, interval)) > MAX_BUCKETS:
+        raise validation_error("interval", f"gives more than {MAX_BUCKETS} buckets for this range: use a coarser one")
+    previous = previous_range(start, end, compare, period, tz) if compare else None
+    report_request = ReportRequest(
+        scope=Scope(shop_id, start, end, tz_name, include_bots),
+        interval=interval,
+        compare=compare,
+        previous=previous,
+        funnel=funnel,
+    )
+    report = await warehouse.run(lambda conn: compute_report(conn, report_request))
+    return json_response(report)
+
+
+async def post_query(request: web.Request) -> web.Response:
+    raw = await request.read()
+    try:
+        doc = orjson.loads(raw) if raw.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON ({exc.msg}).") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "validation_failed", "The body must be a JSON object with at least \"metrics\".")
+    shop_id = _shop(request, doc.get("shopId"))
+    tz_name = _timezone(doc.get("timezone"))
+    tz = resolve_timezone(tz_name)
+    include_bots = doc.get("includeBots", False)
+    if not isinstance(include_bots, bool):
+        raise validation_error("includeBots", "must be true or false")
+    try:
+        query = parse_query(doc)
+    except QueryError as exc:
+        raise validation_error(exc.field, exc.message) from None
+    now = datetime.fromtimestamp(request.app[CLOCK]() / 1000, UTC)
+    date_range = doc.get("dateRange", "30d")
+    if isinstance(date_range, str):
+        if date_range not in PERIODS:
+            raise validation_error("dateRange", f"must be one of {', '.join(PERIODS)} or [start, end]")
+        first = None
+        if date_range == "all":
+            await _catch_up(request)
+            first = await request.app[WAREHOUSE].run(lambda conn: _first_event(conn, shop_id))
+        start, end = period_range(date_range, now, tz, first)
+        normalised_range: Any = date_range
+    elif (isinstance(date_range, list) and len(date_range) == 2
+          and all(isinstance(v, str) for v in date_range)):
+        try:
+            bounds = parse_range(date_range[0], date_range[1], tz)
+        except ValueError as exc:
+            raise validation_error("dateRange", str(exc).partition(": ")[2]) from None
+        start, end = bounds[0] or now, bounds[1] or now
+        normalised_range = date_range
+    else:
+        raise validation_error("dateRange", "must be a period name such as 30d, or [start, end] dates")
+
+    scope = Scope(shop_id, start, end, tz_name, include_bots)
+    sql = build_query_sql(query, scope)
+    await _catch_up(request)
+    try:
+        rows = await request.app[WAREHOUSE].run(lambda conn: conn.execute(sql.text, sql.params).fetchall())
+    except duckdb.InvalidInputException as exc:
+        # A regular expression RE2 rejects although Python accepted it.
+        raise validation_error("filters", f"cannot be evaluated: {exc}") from None
+
+    n_dims = len(query.dimensions)
+    results = []
+    for row in rows:
+        dims = list(row[:n_dims])
+        for i, name in enumerate(query.dimensions):
+            if name == "time:hour" and dims[i] is not None:
+                dims[i] = format_hour(int(dims[i]), tz)
+        metrics = [finish_metric(METRICS[name], value)
+                   for name, value in zip(query.metrics, row[n_dims:n_dims + len(query.metrics)], strict=True)]
+        results.append({"dimensions": dims, "metrics": metrics})
+    total = int(rows[0][-1]) if rows else 0
+    normalised = {
+        "shopId": shop_id,
+        "metrics": list(query.metrics),
+        "dimensions": list(query.dimensions),
+        "filters": [[f.op, f.dimension, list(f.values)] for f in query.filters],
+        "dateRange": normalised_range,
+        "range": {"start": start.astimezone(tz).isoformat(timespec="seconds"),
+                  "end": end.astimezone(tz).isoformat(timespec="seconds")},
+        "timezone": tz_name,
+        "orderBy": [list(o) for o in query.order_by],
+        "limit": query.limit,
+        "offset": query.offset,
+        "includeBots": include_bots,
+    }
+    return json_response({"results": results, "meta": {"total": total}, "query": normalised})
+

@@ -1,0 +1,69 @@
+"""Process telemetry in the Prometheus format: a per-app registry, request latency and ingestion counters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from server.errors import ERROR_CODE, Handler
+
+
+class _StateCollector(Collector):
+    """Reads live numbers (store counters, queue depth, mirror status) at scrape time."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Any]:
+        state = self._read()
+        yield CounterMetricFamily("flowtel_events_ingested", "Events committed to SQLite.",
+                                  value=state.get("ingested", 0))
+        yield CounterMetricFamily("flowtel_events_duplicates", "Events not stored again because their id existed.",
+                                  value=state.get("duplicates", 0))
+        yield GaugeMetricFamily("flowtel_write_queue_events", "Events waiting for the SQLite writer.",
+                                value=state.get("queue", 0))
+        yield GaugeMetricFamily("flowtel_mirror_lag_events", "Committed events not yet in DuckDB.",
+                                value=state.get("lag", 0))
+        yield GaugeMetricFamily("flowtel_mirror_last_sync_timestamp_seconds", "When the mirror last synced.",
+                                value=state.get("last_sync", 0))
+        yield GaugeMetricFamily("flowtel_mirror_last_duration_seconds", "Duration of the last mirror catch-up.",
+                                value=state.get("mirror_duration", 0.0))
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.rejected = Counter("flowtel_events_rejected", "Ingestion requests rejected, by error code.",
+                                ["reason"], registry=self.registry)
+        self.latency = Histogram("flowtel_http_request_duration_seconds", "HTTP request latency by route.",
+                                 ["method", "route", "status"], registry=self.registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self._state: Callable[[], dict[str, Any]] = dict
+
+    def watch(self, read: Callable[[], dict[str, Any]]) -> None:
+        self._state = read
+        self.registry.register(_StateCollector(lambda: self._state()))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def make_telemetry_middleware(telemetry: Telemetry) -> Any:
+    @web.middleware
+    async def telemetry_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await handler(request)
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        telemetry.latency.labels(request.method, name, str(response.status)).observe(time.perf_counter() - started)
+        if name == "/api/events" and request.method == "POST" and response.status >= 400:
+            telemetry.rejected.labels(request.get(ERROR_CODE, str(response.status))).inc()
+        return response
+
+    return telemetry_middleware
