@@ -194,7 +194,8 @@ def _filter_sql(flt: Filter, sql: Sql, timezone: str) -> str:
     return f"({anyof})"
 
 
-def aggregate_sql(query: Query, relation: str, sql: Sql, *, timezone: str = "UTC", with_total: bool = True) -> str:
+def aggregate_sql(query: Query, relation: str, sql: Sql, *, timezone: str = "UTC", with_total: bool = True,
+                  paged: bool = True) -> str:
     """Two-level aggregation of `relation` (a base relation name or a parenthesised subquery)."""
     dims = [resolve_dimension(name, sql, timezone) for name in query.dimensions]
     dim_cols = [f"({d.sql}) AS d{i}" for i, d in enumerate(dims)]
@@ -219,7 +220,7 @@ def aggregate_sql(query: Query, relation: str, sql: Sql, *, timezone: str = "UTC
     # Deterministic pages: always finish with the dimensions.
     order_terms.extend(f"{d} ASC NULLS LAST" for d in dim_names)
     order = f"ORDER BY {', '.join(order_terms)}" if order_terms else ""
-    limit = f"LIMIT {sql.bind(query.limit)} OFFSET {sql.bind(query.offset)}"
+    limit = f"LIMIT {sql.bind(query.limit)} OFFSET {sql.bind(query.offset)}" if paged else ""
     return (
         f"SELECT {', '.join([*dim_names, *metric_cols, *total_col])} FROM ({level1}) AS l1 {group} {order} {limit}"
     )
@@ -231,4 +232,13 @@ def build_query_sql(query: Query, scope: Scope) -> Sql:
     base = base_sql(scope, sql)
     body = aggregate_sql(query, "base", sql, timezone=scope.timezone)
     sql.text = f"WITH base AS ({base}) {body}"
+    return sql
+
+
+def build_count_sql(query: Query, scope: Scope) -> Sql:
+    """How many result rows the query has before limit/offset (for a page past the end)."""
+    sql = Sql()
+    base = base_sql(scope, sql)
+    body = aggregate_sql(query, "base", sql, timezone=scope.timezone, with_total=False, paged=False)
+    sql.text = f"WITH base AS ({base}) SELECT count(*) FROM ({body}) AS rows"
     return sql

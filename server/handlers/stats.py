@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from analytics.metrics import METRICS, finish_metric, format_hour
-from analytics.query import QueryError, Scope, build_query_sql, parse_query
+from analytics.query import QueryError, Scope, build_count_sql, build_query_sql, parse_query
 from analytics.stats import (
     DEFAULT_FUNNEL,
     INTERVALS,
@@ -91,6 +91,11 @@ def _explicit_range(start_raw: str | None, end_raw: str | None, tz_name: str, no
 async def _catch_up(request: web.Request) -> None:
     mirror = request.app[MIRROR]
     await request.app[WAREHOUSE].run(lambda conn: mirror.catch_up(conn, CATCH_UP_ROWS))
+
+
+def _scalar(conn: duckdb.DuckDBPyConnection, text: str, params: dict[str, Any]) -> int:
+    row = conn.execute(text, params).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _first_event(conn: duckdb.DuckDBPyConnection, shop_id: str | None) -> datetime | None:
@@ -203,7 +208,13 @@ async def post_query(request: web.Request) -> web.Response:
         metrics = [finish_metric(METRICS[name], value)
                    for name, value in zip(query.metrics, row[n_dims:n_dims + len(query.metrics)], strict=True)]
         results.append({"dimensions": dims, "metrics": metrics})
-    total = int(rows[0][-1]) if rows else 0
+    if rows:
+        total = int(rows[0][-1])
+    elif query.offset:
+        count_sql = build_count_sql(query, scope)
+        total = await request.app[WAREHOUSE].run(lambda conn: _scalar(conn, count_sql.text, count_sql.params))
+    else:
+        total = 0
     normalised = {
         "shopId": shop_id,
         "metrics": list(query.metrics),
