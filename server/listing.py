@@ -100,7 +100,9 @@ def page_query(flt: EventFilter, limit: int, offset: int) -> tuple[str, list[Any
 
 
 def _after(cursor: Cursor) -> tuple[str, list[Any]]:
-    return "(timestamp < ? OR (timestamp = ? AND id < ?))", [cursor.timestamp, cursor.timestamp, cursor.id]
+    # The leading `timestamp <= ?` lets SQLite seek the (shop_id, timestamp) index instead of scanning newer rows.
+    return ("timestamp <= ? AND (timestamp < ? OR (timestamp = ? AND id < ?))",
+            [cursor.timestamp, cursor.timestamp, cursor.timestamp, cursor.id])
 
 
 def cursor_query(flt: EventFilter, cursor: Cursor, limit: int) -> tuple[str, list[Any]]:

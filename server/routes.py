@@ -25,7 +25,7 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         origin: aiohttp_cors.ResourceOptions(
             allow_credentials=True,
             allow_headers=("Authorization", "Content-Type"),
-            expose_headers=("Retry-After", "X-Request-Id"),
+            expose_headers=("Retry-After",),
             allow_methods=("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"),
             max_age=600,
         )

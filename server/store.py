@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
+from server.errors import ApiError
 from server.events import NewEvent
 
 log = logging.getLogger("flowtel.store")
@@ -95,12 +96,20 @@ SELECT_MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM events"
 MAX_GROUP_EVENTS = 5000
 
 
-class StoreOverloaded(Exception):
-    """The write queue is full: the caller should answer 503 and the client retry later."""
+class StoreOverloaded(ApiError):
+    """The write queue is full: 503, and the client retries later with the same ids."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "overloaded", "The server is taking too many writes right now: retry after a second; "
+                         "nothing from this request was stored.", headers={"Retry-After": "1"})
 
 
-class StoreClosed(Exception):
+class StoreClosed(ApiError):
     """The store is shutting down and takes no new writes."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "overloaded", "The server is shutting down: retry shortly; nothing was stored.",
+                         headers={"Retry-After": "2"})
 
 
 def migrate(conn: sqlite3.Connection) -> int:

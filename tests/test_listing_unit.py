@@ -161,12 +161,13 @@ def test_cursor_query_continues_strictly_after_the_cursor_within_the_snapshot() 
     cursor = Cursor(1_050, "abc", 7, "f")
     sql, params = cursor_query(EventFilter(), cursor, 10)
     assert sql.endswith(
-        " WHERE seq <= ? AND (timestamp < ? OR (timestamp = ? AND id < ?)) ORDER BY timestamp DESC, id DESC LIMIT ?"
+        " WHERE seq <= ? AND timestamp <= ? AND (timestamp < ? OR (timestamp = ? AND id < ?))"
+        " ORDER BY timestamp DESC, id DESC LIMIT ?"
     )
-    assert params == [7, 1_050, 1_050, "abc", 11]
+    assert params == [7, 1_050, 1_050, 1_050, "abc", 11]
     sql, params = cursor_query(EventFilter(shop_id="a"), cursor, 10)
-    assert " WHERE shop_id = ? AND seq <= ? AND (timestamp < ?" in sql
-    assert params == ["a", 7, 1_050, 1_050, "abc", 11]
+    assert " WHERE shop_id = ? AND seq <= ? AND timestamp <= ? AND (timestamp < ?" in sql
+    assert params == ["a", 7, 1_050, 1_050, 1_050, "abc", 11]
 
 
 def test_count_query_without_filters_counts_everything() -> None:

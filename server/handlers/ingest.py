@@ -18,7 +18,6 @@ from server.events import (
     parse_events,
 )
 from server.keys import CLOCK, SETTINGS, STORE
-from server.store import StoreClosed, StoreOverloaded
 
 SELECT_EVENT_BY_ID = f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?"
 
@@ -40,13 +39,8 @@ async def post_events(request: web.Request) -> web.Response:
     )
     events = parse_events(body, info)
     try:
+        # StoreOverloaded and StoreClosed are ApiErrors (503 overloaded) and pass through as they are.
         created = await store.insert_events(events)
-    except StoreOverloaded:
-        raise ApiError(503, "overloaded", "The server is taking too many writes right now: retry after a second; "
-                       "nothing from this request was stored.", headers={"Retry-After": "1"}) from None
-    except StoreClosed:
-        raise ApiError(503, "overloaded", "The server is shutting down: retry shortly; nothing was stored.",
-                       headers={"Retry-After": "2"}) from None
     except sqlite3.Error:
         raise ApiError(503, "overloaded", "Storage cannot take writes right now: retry later; nothing from this "
                        "request was stored.", headers={"Retry-After": "5"}) from None
