@@ -7,39 +7,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import adbc_driver_sqlite.dbapi as adbc_sqlite
 import duckdb
+
+from analytics.source import SqliteSource
 
 log = logging.getLogger("flowtel.mirror")
 
-# ADBC infers each column's Arrow type from the first rows it reads, so a text column that starts with NULLs would
-# be typed as an integer; coalescing to '' keeps every text column a string (turned back into NULL in DuckDB).
-SELECT_BATCH = """
-SELECT seq, id, shop_id, session_id, event_type, event_name, properties, timestamp,
-       coalesce(url, '') AS url, coalesce(referrer, '') AS referrer, coalesce(user_agent, '') AS user_agent,
-       created_at, coalesce(path, '') AS path, coalesce(browser, '') AS browser, coalesce(os, '') AS os,
-       device, coalesce(country, '') AS country, is_bot, visitor_hash
-FROM events WHERE seq > ? ORDER BY seq LIMIT ?
-"""
-SELECT_SOURCE_MAX = "SELECT coalesce(max(seq), 0) FROM events"
-
-_HOST_RE = r"'^[A-Za-z][A-Za-z0-9+.\-]*://(?:[^@/?#]*@)?([^/?#:]+)'"
-
-
 def _host(column: str) -> str:
-    return f"nullif(regexp_replace(lower(regexp_extract({column}, {_HOST_RE}, 1)), '^www\\.', ''), '')"
+    # String splitting is about twice as fast as a regular expression here, and the mirror's speed is bounded by it.
+    authority = f"split_part(split_part(split_part(split_part({column}, '://', 2), '/', 1), '?', 1), '#', 1)"
+    bare = f"split_part(split_part({authority}, '@', -1), ':', 1)"
+    return f"nullif(regexp_replace(lower({bare}), '^www\\.', ''), '')"
 
 
 def _query_param(column: str, name: str) -> str:
     raw = f"regexp_extract({column}, '[?&]{name}=([^&#]*)', 1)"
-    return f"nullif(trim(coalesce(try(url_decode(replace({raw}, '+', ' '))), {raw})), '')"
+    decoded = f"nullif(trim(coalesce(try(url_decode(replace({raw}, '+', ' '))), {raw})), '')"
+    return f"CASE WHEN contains({column}, '{name}=') THEN {decoded} END"
 
 
-def _first_prop(*keys: str) -> str:
-    return "coalesce(" + ", ".join(f"json_extract_string(properties, '$.{key}')" for key in keys) + ")"
-
+# The property keys read at mirror time, in the order of the `p` list below (one JSON parse per row).
+_PROPERTY_PATHS = ("productId", "product_id", "item_id", "orderId", "order_id", "transaction_id", "value",
+                   "revenue", "total", "currency")
+_PATH_LIST = "[" + ", ".join(f"'$.{key}'" for key in _PROPERTY_PATHS) + "]"
 
 # Columns extracted once here, so every stats query reads plain typed columns instead of parsing JSON and URLs.
 INSERT_BATCH = f"""
@@ -49,21 +40,22 @@ SELECT seq, id, shop_id, session_id, event_type, event_name, properties, ts, url
        coalesce(utm_source, CASE WHEN referrer_host IS NOT NULL AND referrer_host IS DISTINCT FROM host
                                  THEN referrer_host END, 'direct') AS source,
        utm_source, utm_medium, utm_campaign, device, browser, os, country, is_bot, visitor_hash,
-       product_id, order_id, order_value, currency
+       coalesce(p[1], p[2], p[3]) AS product_id,
+       coalesce(p[4], p[5], p[6]) AS order_id,
+       try_cast(coalesce(p[7], p[8], p[9]) AS DOUBLE) AS order_value,
+       upper(coalesce(nullif(trim(p[10]), ''), 'USD')) AS currency
 FROM (
     SELECT seq, id, shop_id, session_id, event_type, event_name, properties::JSON AS properties,
            epoch_ms(timestamp)::TIMESTAMPTZ AS ts, nullif(url, '') AS url, nullif(referrer, '') AS referrer,
            nullif(user_agent, '') AS user_agent, epoch_ms(created_at)::TIMESTAMPTZ AS created_at,
-           nullif(path, '') AS path, {_host("url")} AS host, {_host("referrer")} AS referrer_host,
+           nullif(path, '') AS path, {_host("nullif(url, '')")} AS host,
+           {_host("nullif(referrer, '')")} AS referrer_host,
            {_query_param("url", "utm_source")} AS utm_source,
            {_query_param("url", "utm_medium")} AS utm_medium,
            {_query_param("url", "utm_campaign")} AS utm_campaign,
            device, nullif(browser, '') AS browser, nullif(os, '') AS os, nullif(country, '') AS country,
            is_bot <> 0 AS is_bot, visitor_hash,
-           {_first_prop("productId", "product_id", "item_id")} AS product_id,
-           {_first_prop("orderId", "order_id", "transaction_id")} AS order_id,
-           try_cast({_first_prop("value", "revenue", "total")} AS DOUBLE) AS order_value,
-           upper(coalesce(nullif(trim(json_extract_string(properties, '$.currency')), ''), 'USD')) AS currency
+           CASE WHEN properties <> '{{}}' THEN json_extract_string(properties, {_PATH_LIST}) END AS p
     FROM mirror_batch
 )
 """
@@ -94,18 +86,10 @@ class Mirror:
         # Test hook: called between the insert and the watermark update, inside the transaction.
         self.before_commit = before_commit
         self.status = MirrorStatus()
-        self._source: Any = None
-
-    def _cursor(self) -> Any:
-        if self._source is None:
-            # Autocommit: otherwise the first read opens a transaction whose snapshot never sees newer rows.
-            self._source = adbc_sqlite.connect(f"file:{self.sqlite_path}?mode=ro", autocommit=True)
-        return self._source.cursor()
+        self.source = SqliteSource(sqlite_path)
 
     def close(self) -> None:
-        if self._source is not None:
-            self._source.close()
-            self._source = None
+        self.source.close()
 
     def load_state(self, conn: duckdb.DuckDBPyConnection) -> MirrorStatus:
         row = conn.execute(SELECT_STATE).fetchone()
@@ -115,24 +99,16 @@ class Mirror:
         return self.status
 
     def source_max(self) -> int:
-        cursor = self._cursor()
-        try:
-            cursor.execute(SELECT_SOURCE_MAX)
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-        self.status.source_max = int(row[0]) if row else 0
+        self.status.source_max = self.source.max_seq()
         return self.status.source_max
 
     def sync_once(self, conn: duckdb.DuckDBPyConnection) -> int:
         """Copy one batch past the watermark; rows and watermark commit in one transaction. Returns rows copied."""
         watermark = self.load_state(conn).watermark
-        cursor = self._cursor()
-        try:
-            cursor.execute(SELECT_BATCH, (watermark, self.batch_rows))
-            batch = cursor.fetch_arrow_table()
-        finally:
-            cursor.close()
+        backlog = self.source_max() - watermark
+        if backlog <= 0:
+            return 0
+        batch = self.source.read_batch(watermark, self.batch_rows, backlog=backlog)
         if batch.num_rows == 0:
             return 0
         new_watermark = int(batch.column("seq")[-1].as_py())

@@ -102,8 +102,8 @@ def _sqlite_path(raw: str) -> Path:
             f"DATABASE_URL={raw!r} is not supported: use sqlite:./data/flowtel.db or sqlite:///absolute/path.db."
         )
     rest = raw[len("sqlite:") :]
-    if rest.startswith("///"):
-        rest = "/" + rest[3:]
+    if rest.startswith("///"):  # sqlite:///abs and the SQLAlchemy-style sqlite:////abs
+        rest = "/" + rest.lstrip("/")
     elif rest.startswith("//"):
         rest = rest[2:]
     if rest in ("", ":memory:"):

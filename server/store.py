@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
+from analytics.source import readonly_uri
 from server.errors import ApiError
 from server.events import NewEvent
 
@@ -184,6 +185,17 @@ class Store:
         return self._pending_events
 
     async def open(self) -> None:
+        try:
+            await self._open()
+        except BaseException:
+            # A half-open store would leave aiosqlite threads that keep the process from exiting.
+            for conn in [*self._all_readers, self._writer]:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            raise
+
+    async def _open(self) -> None:
         await asyncio.to_thread(prepare_database, self.path)
         self._writer = await aiosqlite.connect(self.path)
         await self._writer.execute("PRAGMA busy_timeout = 5000")
@@ -191,7 +203,7 @@ class Store:
         # Index pages stay hot, so inserts into a store of millions of rows don't wait on page reads.
         await self._writer.execute("PRAGMA cache_size = -65536")
         for _ in range(self._reader_count):
-            reader = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
+            reader = await aiosqlite.connect(readonly_uri(self.path), uri=True)
             await reader.execute("PRAGMA busy_timeout = 5000")
             await reader.execute("PRAGMA cache_size = -32768")
             self._all_readers.append(reader)
