@@ -21,6 +21,7 @@ from analytics.metrics import (
 
 FILTER_OPS = ("is", "is_not", "contains", "not_contains", "matches")
 MAX_LIMIT = 10_000
+MAX_OFFSET = 1_000_000_000
 MAX_FILTER_VALUES = 100
 
 
@@ -139,6 +140,8 @@ def parse_query(doc: dict[str, Any]) -> Query:
                 or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in values)):
             raise QueryError(where, f"values must be a string or an array of 1-{MAX_FILTER_VALUES} strings")
         str_values = tuple(str(v) for v in values)
+        if dim == "time:hour" and op in ("is", "is_not"):
+            str_values = tuple(_hour_key(v, where) for v in str_values)
         if op == "matches":
             for pattern in str_values:
                 try:
@@ -163,9 +166,21 @@ def parse_query(doc: dict[str, Any]) -> Query:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
         raise QueryError("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
     offset = doc.get("offset", 0)
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise QueryError("offset", "must be a whole number >= 0")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_OFFSET:
+        raise QueryError("offset", f"must be a whole number from 0 to {MAX_OFFSET}")
     return Query(tuple(metrics), tuple(dimensions), tuple(filters), tuple(order_by), limit, offset)
+
+
+def _hour_key(value: str, where: str) -> str:
+    """A time:hour value as the API prints it (local start with offset) → the bucket's key, UTC epoch seconds."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise QueryError(where, f"{value!r}: a time:hour value is an hour start with its offset, "
+                                "e.g. 2026-11-24T10:00:00+01:00")
+    return str(int(moment.timestamp()))
 
 
 def base_sql(scope: Scope, sql: Sql) -> str:

@@ -233,8 +233,10 @@ def _funnel(conn: duckdb.DuckDBPyConnection, steps: tuple[str, ...]) -> list[dic
 # Product lines of counted orders: items/products arrays, else the purchase's own productId.
 TOP_PRODUCTS_SQL = """
 WITH item_rows AS (
-    SELECT currency, unnest(coalesce(json_extract(properties, '$.items[*]'),
-                                     json_extract(properties, '$.products[*]'))) AS item
+    -- A [*] path on a missing key yields [] rather than NULL, so choose the array by which key exists.
+    SELECT currency, unnest(CASE WHEN json_extract(properties, '$.items') IS NOT NULL
+                                 THEN json_extract(properties, '$.items[*]')
+                                 ELSE json_extract(properties, '$.products[*]') END) AS item
     FROM report_base WHERE counted
 ),
 lines AS (
@@ -307,7 +309,7 @@ def _change(current: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]
         elif metric.kind == "rate":
             change[name] = (cur - prev) * 100 if cur is not None and prev is not None else None
         else:
-            change[name] = (cur - prev) / prev * 100 if prev else None
+            change[name] = (cur - prev) / prev * 100 if prev and cur is not None else None
     return change
 
 

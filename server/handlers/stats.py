@@ -98,6 +98,15 @@ def _scalar(conn: duckdb.DuckDBPyConnection, text: str, params: dict[str, Any]) 
     return int(row[0]) if row else 0
 
 
+def _first_bad_pattern(conn: duckdb.DuckDBPyConnection, patterns: list[tuple[int, str]]) -> tuple[int, str] | None:
+    for index, pattern in patterns:
+        try:
+            conn.execute("SELECT regexp_matches('', $p)", {"p": pattern}).fetchall()
+        except duckdb.Error:
+            return index, pattern
+    return None
+
+
 def _first_event(conn: duckdb.DuckDBPyConnection, shop_id: str | None) -> datetime | None:
     row = conn.execute(SELECT_FIRST_EVENT, {"shop": shop_id}).fetchone()
     return row[0] if row and row[0] is not None else None
@@ -191,12 +200,15 @@ async def post_query(request: web.Request) -> web.Response:
 
     scope = Scope(shop_id, start, end, tz_name, include_bots)
     sql = build_query_sql(query, scope)
+    # DuckDB's regular expressions are RE2, stricter than Python's re (no look-arounds or back-references).
+    patterns = [(i, p) for i, f in enumerate(query.filters) if f.op == "matches" for p in f.values]
+    if patterns:
+        bad = await request.app[WAREHOUSE].run(lambda conn: _first_bad_pattern(conn, patterns))
+        if bad is not None:
+            raise validation_error(f"filters[{bad[0]}]", f"{bad[1]!r} is not a regular expression DuckDB (RE2) "
+                                   "accepts: look-arounds and back-references are not supported")
     await _catch_up(request)
-    try:
-        rows = await request.app[WAREHOUSE].run(lambda conn: conn.execute(sql.text, sql.params).fetchall())
-    except duckdb.InvalidInputException as exc:
-        # A regular expression RE2 rejects although Python accepted it.
-        raise validation_error("filters", f"cannot be evaluated: {exc}") from None
+    rows = await request.app[WAREHOUSE].run(lambda conn: conn.execute(sql.text, sql.params).fetchall())
 
     n_dims = len(query.dimensions)
     results = []
