@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench-ingest clean
+.PHONY: install run test lint demo analyze export rebuild bench-ingest bench-stats clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,27 @@ install: $(STAMP)
 
 run: install
 	@echo "Starting Flowtel on http://localhost:$${PORT:-4000} (store under ./data). Stop with Ctrl-C."
+	@echo "No data yet? Run 'make demo' in another terminal: 90 days of traffic for three demo shops."
 	$(BIN)/flowtel serve
+
+# Demo traffic through POST /api/events: to the running server if one answers on $PORT, else in-process.
+demo: install
+	$(BIN)/flowtel demo
+
+# make analyze SHOP=demo-shoes [DAYS=30] [TIMEZONE=Europe/Berlin] [HTML=report.html]  (server stopped)
+analyze: install
+	@test -n "$(SHOP)" || { echo "usage: make analyze SHOP=<shop id> [DAYS=30] [TIMEZONE=UTC] [HTML=file]"; exit 2; }
+	$(BIN)/flowtel analyze --shop '$(SHOP)' $(if $(DAYS),--days '$(DAYS)') \
+		$(if $(TIMEZONE),--timezone '$(TIMEZONE)') $(if $(HTML),--html '$(HTML)')
+
+# make export SHOP=demo-shoes [FORMAT=parquet|ndjson] [OUTPUT=file]  (server stopped)
+export: install
+	@test -n "$(SHOP)" || { echo "usage: make export SHOP=<shop id> [FORMAT=parquet|ndjson] [OUTPUT=file]"; exit 2; }
+	$(BIN)/flowtel export --shop '$(SHOP)' --format '$(or $(FORMAT),parquet)' $(if $(OUTPUT),--output '$(OUTPUT)')
+
+# Recreate the DuckDB mirror from SQLite (server stopped).
+rebuild: install
+	$(BIN)/flowtel rebuild
 
 lint: install
 	$(BIN)/ruff check .
@@ -29,6 +49,10 @@ test: lint
 bench-ingest: install
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.ingest
+
+# chdb (ClickHouse in-process) is a bench-only dependency, installed here rather than in pyproject.toml.
+bench-stats: install
+	$(BIN)/pip install --quiet chdb && $(BIN)/python -m bench.stats
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

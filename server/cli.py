@@ -1,4 +1,4 @@
-"""The `flowtel` command: serve, and manage tokens."""
+"""The `flowtel` command: serve, manage tokens, load demo data, and analyze, export or rebuild the warehouse."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 import sys
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import aiosqlite
 
@@ -15,6 +20,8 @@ from server.auth import SELECT_TOKENS, create_token, delete_token
 from server.events import format_ms, is_valid_shop_id, new_event_id
 from server.settings import Settings, SettingsError, load_settings
 from server.store import prepare_database
+
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -85,6 +92,133 @@ def token(args: argparse.Namespace) -> None:
         print(f"Revoked token {args.id}")
 
 
+def _fail(message: str, code: int = 1) -> NoReturn:
+    print(f"flowtel: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _shop_arg(value: str) -> str:
+    if not is_valid_shop_id(value):
+        raise argparse.ArgumentTypeError("must be 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-'")
+    return value
+
+
+def _days_arg(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number of days") from None
+    if not 1 <= days <= 3660:
+        raise argparse.ArgumentTypeError("must be from 1 to 3660")
+    return days
+
+
+def _offline(settings: Settings, shop_id: str | None, work: Callable[[Any], T]) -> T:
+    """Run work(warehouse) on the DuckDB file opened directly and caught up; exit 1 with a clear message when
+    the server holds the file or there is no store yet."""
+    from analytics.export import StoreMissing, WarehouseLocked, open_offline
+
+    try:
+        with open_offline(settings.database_path, settings.duckdb_path,
+                          memory_limit=settings.duckdb_memory_limit) as warehouse:
+            return work(warehouse)
+    except StoreMissing as exc:
+        _fail(f"{exc}: load some events first (make demo, or start the server and send events), "
+              "or set DATABASE_URL to your store.")
+    except WarehouseLocked as exc:
+        query = f"?shopId={shop_id}" if shop_id else ""
+        _fail(f"{exc}.\n  Stop the server first, or ask the running server instead: "
+              f"GET http://localhost:{settings.port}/api/stats{query} (with a token).")
+
+
+def demo(args: argparse.Namespace) -> None:
+    from server.demo import DemoError, generate_demo_traffic, load_demo, summary
+
+    settings = _settings()
+    shops = tuple(s.strip() for s in args.shops.split(",") if s.strip())
+    bad = [s for s in shops if not is_valid_shop_id(s)]
+    if not shops or bad:
+        _fail("--shops must be a comma-separated list of shop ids (1-64 of A-Z, a-z, 0-9, '_', '.', '-')", 2)
+    now = datetime.now(UTC)
+    traffic = generate_demo_traffic(random.Random(args.seed), now, days=args.days, shops=shops)
+    print(f"Flowtel demo: {len(shops)} shop{'s' * (len(shops) != 1)} ({', '.join(shops)}), {args.days} days "
+          f"ending today, seed {args.seed}", flush=True)
+
+    def progress(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        result = asyncio.run(load_demo(settings, traffic, base_url=args.url, use_running_server=not args.in_process,
+                                       progress=progress))
+    except DemoError as exc:
+        _fail(str(exc))
+    print(summary(result, settings))
+
+
+def analyze(args: argparse.Namespace) -> None:
+    from analytics.export import shops as list_shops
+    from analytics.report import render_html, render_text, report_request
+    from analytics.stats import compute_report
+    from analytics.timerange import resolve_timezone
+
+    settings = _settings()
+    try:
+        tz_name = resolve_timezone(args.timezone).key
+    except ValueError as exc:
+        _fail(f"--timezone: {exc}", 2)
+    now = datetime.now(UTC)
+    request = report_request(args.shop, args.days, tz_name, now)
+
+    def work(warehouse: Any) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+        report = warehouse.call(lambda conn: compute_report(conn, request))
+        known = warehouse.call(list_shops) if report["totals"]["events"] == 0 else []
+        return report, known
+
+    report, known = _offline(settings, args.shop, work)
+    if report["totals"]["events"] == 0 and not (report.get("previous") or {}).get("events"):
+        others = ", ".join(shop for shop, _ in known[:20]) or "none yet (try make demo)"
+        print(f"flowtel: no events for shop {args.shop!r} in this range. Shops with events: {others}",
+              file=sys.stderr)
+    print(render_text(report), end="")
+    if args.html:
+        path = Path(args.html)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_html(report, generated_at=now), encoding="utf-8")
+        print(f"\nWrote the HTML report to {path}")
+
+
+def export(args: argparse.Namespace) -> None:
+    from analytics.export import default_output, export_events
+
+    settings = _settings()
+    output = Path(args.output) if args.output else default_output(settings.data_dir, args.shop, args.format)
+    started = time.perf_counter()
+    rows = _offline(settings, args.shop,
+                    lambda warehouse: warehouse.call(lambda conn: export_events(conn, args.shop, args.format, output)))
+    if rows == 0:
+        print(f"flowtel: shop {args.shop!r} has no events; wrote an empty file", file=sys.stderr)
+    print(f"Exported {rows:,} events of {args.shop} to {output} ({args.format}, "
+          f"{time.perf_counter() - started:.1f} s)")
+
+
+def rebuild(args: argparse.Namespace) -> None:
+    from analytics.export import StoreMissing, WarehouseLocked
+    from analytics.rebuild import rebuild_warehouse
+
+    settings = _settings()
+    print(f"Rebuilding {settings.duckdb_path} from {settings.database_path} ...", flush=True)
+    try:
+        result = rebuild_warehouse(settings.database_path, settings.duckdb_path,
+                                   memory_limit=settings.duckdb_memory_limit, progress=not args.quiet)
+    except StoreMissing as exc:
+        _fail(f"{exc}: nothing to rebuild from (set DATABASE_URL to your store).")
+    except WarehouseLocked as exc:
+        _fail(f"{exc}.\n  The rebuild swaps the file, so the server must be stopped first; nothing was changed.")
+    note = "" if result.rows == result.source_rows else f" (SQLite had {result.source_rows:,} when it started)"
+    print(f"Rebuilt {result.path}: {result.rows:,} events{note}, sorted by shop and time, "
+          f"in {result.seconds:.1f} s.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowtel", description="Flowtel analytics server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +237,35 @@ def build_parser() -> argparse.ArgumentParser:
     p_revoke = actions.add_parser("revoke", help="revoke a token by id")
     p_revoke.add_argument("id")
     p_token.set_defaults(func=token)
+
+    p_demo = commands.add_parser("demo", help="load realistic demo traffic through POST /api/events")
+    p_demo.add_argument("--days", type=_days_arg, default=90, help="days of traffic ending today (default 90)")
+    p_demo.add_argument("--shops", default="demo-shoes,demo-books,demo-coffee",
+                        help="comma-separated shop ids (default: demo-shoes,demo-books,demo-coffee)")
+    p_demo.add_argument("--seed", type=int, default=42, help="random seed; the same seed gives the same event ids")
+    p_demo.add_argument("--url", default=None,
+                        help="post to the server at this base URL (default: http://127.0.0.1:$PORT if it answers)")
+    p_demo.add_argument("--in-process", action="store_true",
+                        help="never use a running server: load through an in-process one on the configured files")
+    p_demo.set_defaults(func=demo)
+
+    p_analyze = commands.add_parser("analyze", help="a report on one shop from the data files (server stopped)")
+    p_analyze.add_argument("--shop", required=True, type=_shop_arg, help="the shop id")
+    p_analyze.add_argument("--days", type=_days_arg, default=30, help="days ending today (default 30)")
+    p_analyze.add_argument("--timezone", default="UTC", help="IANA timezone for days (default UTC)")
+    p_analyze.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML report")
+    p_analyze.set_defaults(func=analyze)
+
+    p_export = commands.add_parser("export", help="write one shop's events to Parquet or NDJSON (server stopped)")
+    p_export.add_argument("--shop", required=True, type=_shop_arg, help="the shop id")
+    p_export.add_argument("--format", choices=("parquet", "ndjson"), default="parquet")
+    p_export.add_argument("--output", default=None, metavar="FILE",
+                          help="output file (default: <data dir>/export-<shop>.<parquet|ndjson>)")
+    p_export.set_defaults(func=export)
+
+    p_rebuild = commands.add_parser("rebuild", help="recreate the DuckDB file from SQLite (server stopped)")
+    p_rebuild.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_rebuild.set_defaults(func=rebuild)
     return parser
 
 
