@@ -1,13 +1,15 @@
 """The registry: every metric and dimension defined once as SQL, used by stats, the query API, insights and chat.
 
 Queries run in two levels over a "base" relation (in-range events, each carrying its session's attributes):
-level 1 groups by (dimensions, session) and computes LEVEL1_COLUMNS; level 2 groups by the dimensions and
-computes each metric's `sql` from those columns. So a session counts once per group it has an event in.
+level 1 groups by (dimensions, session) and computes the LEVEL1 columns its metrics need; level 2 groups by
+the dimensions and computes each metric's `sql` from those columns. So a session counts once per group it has
+an event in.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -52,25 +54,33 @@ SELECT ev.*, sess.* EXCLUDE (shop_id, session_id),
 FROM ev JOIN sess USING (shop_id, session_id)
 """
 
-# Level 1: one row per (dimensions, session).
-LEVEL1_COLUMNS = """
-    count(*) AS n_events,
-    count(*) FILTER (WHERE event_type = 'page_view') AS n_pageviews,
-    list(DISTINCT visitor_hash) AS l_visitors,
-    any_value(s_events) AS s_events,
-    any_value(s_duration) AS s_duration,
-    count(*) FILTER (WHERE counted) AS n_orders,
-    coalesce(sum(coalesce(order_value, 0)) FILTER (WHERE counted), 0) AS n_revenue,
-    list({'currency': currency, 'value': coalesce(order_value, 0)}) FILTER (WHERE counted) AS l_orders
-"""
+# Level 1: one row per (dimensions, session). A query computes only the columns its metrics need.
+LEVEL1: dict[str, str] = {
+    "n_events": "count(*)",
+    "n_pageviews": "count(*) FILTER (WHERE event_type = 'page_view')",
+    # array_distinct(list(..)) rather than list(DISTINCT ..): DuckDB plans the latter as a costly self-join.
+    "l_visitors": "array_distinct(list(visitor_hash))",
+    "s_events": "any_value(s_events)",
+    "s_duration": "any_value(s_duration)",
+    "n_orders": "count(*) FILTER (WHERE counted)",
+    "n_revenue": "coalesce(sum(coalesce(order_value, 0)) FILTER (WHERE counted), 0)",
+    "l_orders": "list({'currency': currency, 'value': coalesce(order_value, 0)}) FILTER (WHERE counted)",
+}
+
+
+def level1_columns(names: Iterable[str]) -> str:
+    """The SELECT list of the given level-1 columns, in registry order."""
+    wanted = set(names)
+    return ", ".join(f"{sql} AS {name}" for name, sql in LEVEL1.items() if name in wanted)
 
 
 @dataclass(frozen=True, slots=True)
 class Metric:
     name: str
-    sql: str  # level 2, over LEVEL1_COLUMNS
+    sql: str  # level 2, over the LEVEL1 columns named in `needs`
     kind: str  # count | rate | mean | money
     description: str
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,26 +96,28 @@ _ORDER_LINES = "flatten(list(l_orders))"
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("events", "sum(n_events)", "count", "events in range"),
-        Metric("pageViews", "sum(n_pageviews)", "count", "page_view events"),
+        Metric("events", "sum(n_events)", "count", "events in range", ("n_events",)),
+        Metric("pageViews", "sum(n_pageviews)", "count", "page_view events", ("n_pageviews",)),
         Metric("sessions", "count(*)", "count", "distinct sessions"),
         Metric("visitors", "len(list_distinct(flatten(list(l_visitors))))", "count",
-               "distinct daily visitor hashes"),
+               "distinct daily visitor hashes", ("l_visitors",)),
         Metric("bounceRate",
                "(count(*) FILTER (WHERE n_pageviews > 0 AND s_events = 1))::DOUBLE"
                " / nullif(count(*) FILTER (WHERE n_pageviews > 0), 0)",
-               "rate", "among sessions with a page_view, the share with exactly one event (fraction 0..1)"),
+               "rate", "among sessions with a page_view, the share with exactly one event (fraction 0..1)",
+               ("n_pageviews", "s_events")),
         Metric("avgSessionDuration", "avg(s_duration)", "mean",
-               "mean over sessions of last minus first event time, seconds"),
+               "mean over sessions of last minus first event time, seconds", ("s_duration",)),
         Metric("viewsPerSession",
                "sum(n_pageviews)::DOUBLE / nullif(count(*) FILTER (WHERE n_pageviews > 0), 0)", "mean",
-               "page views per session with a page_view"),
+               "page views per session with a page_view", ("n_pageviews",)),
         Metric("orders", "sum(n_orders)", "count",
-               "distinct orders (first purchase event of each orderId over all time)"),
-        Metric("revenue", _ORDER_LINES, "money", "order values summed per currency"),
-        Metric("averageOrderValue", _ORDER_LINES, "money", "revenue / orders per currency"),
+               "distinct orders (first purchase event of each orderId over all time)", ("n_orders",)),
+        Metric("revenue", _ORDER_LINES, "money", "order values summed per currency", ("l_orders", "n_revenue")),
+        Metric("averageOrderValue", _ORDER_LINES, "money", "revenue / orders per currency",
+               ("l_orders", "n_revenue")),
         Metric("conversionRate", "(count(*) FILTER (WHERE n_orders > 0))::DOUBLE / nullif(count(*), 0)", "rate",
-               "sessions with a purchase / sessions (fraction 0..1)"),
+               "sessions with a purchase / sessions (fraction 0..1)", ("n_orders",)),
     )
 }
 # Ordering by a money metric orders by its amount summed over currencies.

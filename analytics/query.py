@@ -10,11 +10,11 @@ from typing import Any
 from analytics.metrics import (
     BASE_SQL,
     DIMENSIONS,
-    LEVEL1_COLUMNS,
     METRICS,
     MONEY_ORDER_SQL,
     PROP_PREFIX,
     Dimension,
+    level1_columns,
     prop_key,
     prop_path,
 )
@@ -210,16 +210,18 @@ def _filter_sql(flt: Filter, sql: Sql, timezone: str) -> str:
 
 
 def aggregate_sql(query: Query, relation: str, sql: Sql, *, timezone: str = "UTC", with_total: bool = True,
-                  paged: bool = True) -> str:
+                  paged: bool = True, session_key: tuple[str, ...] = ("shop_id", "session_id")) -> str:
     """Two-level aggregation of `relation` (a base relation name or a parenthesised subquery)."""
     dims = [resolve_dimension(name, sql, timezone) for name in query.dimensions]
     dim_cols = [f"({d.sql}) AS d{i}" for i, d in enumerate(dims)]
     dim_names = [f"d{i}" for i in range(len(dims))]
     where = " AND ".join(_filter_sql(f, sql, timezone) for f in query.filters)
+    needs = {column for name in query.metrics for column in METRICS[name].needs}
+    level1 = level1_columns(needs) or "count(*) AS n_events"
     level1 = (
-        f"SELECT {', '.join([*dim_cols, 'shop_id', 'session_id'])}, {LEVEL1_COLUMNS} "
+        f"SELECT {', '.join([*dim_cols, *session_key, level1])} "
         f"FROM {relation} {'WHERE ' + where if where else ''} "
-        f"GROUP BY {', '.join([*dim_names, 'shop_id', 'session_id'])}"
+        f"GROUP BY {', '.join([*dim_names, *session_key])}"
     )
     metric_cols = [f"{METRICS[name].sql} AS m{i}" for i, name in enumerate(query.metrics)]
     total_col = ["count(*) OVER () AS total_rows"] if with_total else []

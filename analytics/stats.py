@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from analytics.metrics import METRICS, finish_metric, format_hour, money
-from analytics.query import Filter, Query, Scope, Sql, aggregate_sql, base_sql
+from analytics.metrics import DIMENSIONS, LEVEL1, METRICS, finish_metric, format_hour, level1_columns, money
+from analytics.query import Filter, Query, Scope, Sql, aggregate_sql
 
 PERIODS = ("today", "yesterday", "7d", "30d", "90d", "month", "lastMonth", "year", "all")
 INTERVALS = ("hour", "day", "week", "month")
@@ -160,20 +160,108 @@ def _run(conn: duckdb.DuckDBPyConnection, sql: Sql) -> list[tuple[Any, ...]]:
 
 def _aggregate(conn: duckdb.DuckDBPyConnection, query: Query, scope: Scope) -> list[tuple[Any, ...]]:
     sql = Sql()
-    sql.text = aggregate_sql(query, "report_base", sql, timezone=scope.timezone, with_total=False)
+    sql.text = aggregate_sql(query, "report_base", sql, timezone=scope.timezone, with_total=False,
+                             session_key=("sk",))
     return _run(conn, sql)
 
 
+# The report's base: only the columns the report reads (wide text like url or properties costs most to copy),
+# with the `counted` flag of metrics.BASE_SQL. Properties are kept for purchases only (for their items).
+# Sessions and visitors become 64-bit hashes (`sk`, `visitor_hash`): grouping and copying integers is several
+# times cheaper than 36-byte strings, and a collision among a shop's sessions is vanishingly unlikely (~1e-8
+# for a million sessions).
+REPORT_BASE_SQL = """
+WITH firsts AS (
+    SELECT arg_min(seq, (ts, seq)) AS seq
+    FROM events
+    WHERE event_type = 'purchase' {shop_clause} {bot_clause}
+    GROUP BY shop_id, coalesce(order_id, id)
+)
+SELECT hash(shop_id, session_id) AS sk, seq, ts, event_type, path, product_id,
+       hash(visitor_hash) AS visitor_hash, order_value, currency,
+       source, utm_campaign, device, browser, os, country,
+       CASE WHEN event_type = 'purchase' THEN properties END AS properties,
+       CASE WHEN event_type IN ('product_view', 'add_to_cart') THEN json_extract_string(properties, '$.name')
+       END AS product_name,
+       event_type = 'purchase' AND seq IN (SELECT seq FROM firsts) AS counted
+FROM events
+WHERE ts >= $start AND ts < $end {shop_clause} {bot_clause}
+"""
+
+# One row per session: its attributes (from its first event) and every registry LEVEL1 column. With no
+# dimensions, level 1 is exactly this table, so totals and session breakdowns aggregate it directly.
+REPORT_SESSIONS_SQL = f"""
+SELECT sk,
+       arg_min_null(source, (ts, seq)) AS s_source,
+       arg_min_null(utm_campaign, (ts, seq)) AS s_utm_campaign,
+       arg_min_null(device, (ts, seq)) AS s_device,
+       arg_min_null(browser, (ts, seq)) AS s_browser,
+       arg_min_null(os, (ts, seq)) AS s_os,
+       arg_min_null(country, (ts, seq)) AS s_country,
+       arg_min_null(path, (ts, seq)) FILTER (WHERE event_type = 'page_view') AS s_entry_page,
+       arg_max_null(path, (ts, seq)) FILTER (WHERE event_type = 'page_view') AS s_exit_page,
+       count(*) AS s_events,
+       (epoch_ms(max(ts)) - epoch_ms(min(ts))) / 1000.0 AS s_duration,
+       {level1_columns(name for name in LEVEL1 if not name.startswith("s_"))}
+FROM report_base
+GROUP BY sk
+"""
+
+
 def _materialise(conn: duckdb.DuckDBPyConnection, scope: Scope) -> None:
-    sql = Sql()
-    text = base_sql(scope, sql)
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE report_base AS {text}", sql.params)
+    params: dict[str, Any] = {"start": scope.start, "end": scope.end}
+    shop_clause = ""
+    if scope.shop_id is not None:
+        params["shop"] = scope.shop_id
+        shop_clause = "AND shop_id = $shop"
+    bot_clause = "" if scope.include_bots else "AND NOT is_bot"
+    text = REPORT_BASE_SQL.format(shop_clause=shop_clause, bot_clause=bot_clause)
+    # Held as Arrow tables that DuckDB scans in place: writing a temp table (compressing it) cost more than
+    # every query over it together.
+    # The relation API refuses to run while an earlier execute() result is unread (e.g. a fetchone()).
+    conn.abort()
+    conn.register("report_base", conn.sql(text, params=params).to_arrow_table())
+    conn.register("report_sessions", conn.sql(REPORT_SESSIONS_SQL).to_arrow_table())
 
 
-def _totals(conn: duckdb.DuckDBPyConnection, scope: Scope) -> dict[str, Any]:
-    rows = _aggregate(conn, Query(metrics=TOTAL_METRICS, limit=1), scope)
-    values = rows[0] if rows else (None,) * len(TOTAL_METRICS)
+def _totals(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    columns = ", ".join(METRICS[name].sql for name in TOTAL_METRICS)
+    row = conn.execute(f"SELECT {columns} FROM report_sessions").fetchone()
+    values = row if row is not None else (None,) * len(TOTAL_METRICS)
     return {name: finish_metric(METRICS[name], value) for name, value in zip(TOTAL_METRICS, values, strict=True)}
+
+
+def session_breakdowns_sql() -> str:
+    """Every session breakdown in one grouped pass over report_sessions, top 10 per breakdown."""
+    columns = [DIMENSIONS[dimension].sql for dimension in SESSION_BREAKDOWNS.values()]
+    which = " ".join(f"WHEN GROUPING({column}) = 0 THEN {i}" for i, column in enumerate(columns))
+    return f"""
+SELECT breakdown, value, sessions, page_views FROM (
+    SELECT breakdown, value, sessions, page_views,
+           row_number() OVER (PARTITION BY breakdown ORDER BY sessions DESC, value ASC) AS rank
+    FROM (
+        SELECT CASE {which} END AS breakdown, coalesce({", ".join(columns)}) AS value,
+               {METRICS["sessions"].sql} AS sessions, {METRICS["pageViews"].sql} AS page_views
+        FROM report_sessions
+        GROUP BY GROUPING SETS ({", ".join(f"({c})" for c in columns)})
+    )
+    WHERE value IS NOT NULL
+)
+WHERE rank <= {TOP}
+ORDER BY breakdown, rank
+"""
+
+
+def _session_breakdowns(conn: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
+    keys = list(SESSION_BREAKDOWNS)
+    out: dict[str, list[dict[str, Any]]] = {key: [] for key in keys}
+    for breakdown, value, sessions, page_views in conn.execute(session_breakdowns_sql()).fetchall():
+        out[keys[breakdown]].append({
+            "value": value,
+            "sessions": finish_metric(METRICS["sessions"], sessions),
+            "pageViews": finish_metric(METRICS["pageViews"], page_views),
+        })
+    return out
 
 
 def _breakdown(conn: duckdb.DuckDBPyConnection, scope: Scope, dimension: str, metrics: tuple[str, ...],
@@ -192,10 +280,10 @@ def _breakdown(conn: duckdb.DuckDBPyConnection, scope: Scope, dimension: str, me
 
 FUNNEL_STEP = """
 s{i} AS (
-    SELECT b.shop_id, b.session_id, min(b.ts) AS t
-    FROM report_base b JOIN s{prev} p ON b.shop_id = p.shop_id AND b.session_id = p.session_id
+    SELECT b.sk, min(b.ts) AS t
+    FROM report_base b JOIN s{prev} p ON b.sk = p.sk
     WHERE b.event_type = $step{i} AND b.ts >= p.t AND (b.event_type <> 'purchase' OR b.counted)
-    GROUP BY b.shop_id, b.session_id
+    GROUP BY b.sk
 )"""
 
 
@@ -203,9 +291,9 @@ def funnel_sql(steps: tuple[str, ...]) -> Sql:
     """Sessions reaching each step at or after their previous step's (earliest chained) time."""
     sql = Sql()
     ctes = ["""s0 AS (
-    SELECT shop_id, session_id, min(ts) AS t FROM report_base
+    SELECT sk, min(ts) AS t FROM report_base
     WHERE event_type = $step0 AND (event_type <> 'purchase' OR counted)
-    GROUP BY shop_id, session_id
+    GROUP BY sk
 )"""]
     for i, step in enumerate(steps):
         sql.params[f"step{i}"] = step
@@ -262,7 +350,7 @@ bought AS (
 ),
 seen AS (
     SELECT product_id,
-           arg_min(json_extract_string(properties, '$.name'), (ts, seq)) AS name,
+           arg_min(product_name, (ts, seq)) AS name,
            count(*) FILTER (WHERE event_type = 'product_view') AS views,
            count(*) FILTER (WHERE event_type = 'add_to_cart') AS carts
     FROM report_base
@@ -343,25 +431,26 @@ def compute_report(conn: duckdb.DuckDBPyConnection, request: ReportRequest) -> d
                 "timezone": scope.timezone,
                 "interval": request.interval,
             },
-            "totals": _totals(conn, scope),
+            "totals": _totals(conn),
         }
         report["timeseries"] = _timeseries(conn, request)
         report["eventTypes"] = _breakdown(conn, scope, "eventType", ("events",))
         report["topPages"] = _breakdown(conn, scope, "path", ("pageViews", "sessions"),
                                         (Filter("is", "eventType", ("page_view",)),))
-        for key, dimension in SESSION_BREAKDOWNS.items():
-            report[key] = _breakdown(conn, scope, dimension, ("sessions", "pageViews"))
+        report.update(_session_breakdowns(conn))
         report["funnel"] = _funnel(conn, request.funnel)
         report["topProducts"] = _top_products(conn)
         if request.compare and request.previous:
             previous_scope = dataclasses.replace(scope, start=request.previous[0], end=request.previous[1])
             _materialise(conn, previous_scope)
-            report["previous"] = _totals(conn, previous_scope)
+            report["previous"] = _totals(conn)
             report["range"]["previous"] = {
                 "start": previous_scope.start.astimezone(tz).isoformat(timespec="seconds"),
                 "end": previous_scope.end.astimezone(tz).isoformat(timespec="seconds"),
             }
             report["change"] = _change(report["totals"], report["previous"])
     finally:
-        conn.execute("DROP TABLE IF EXISTS report_base")
+        conn.abort()
+        conn.unregister("report_sessions")
+        conn.unregister("report_base")
     return report
