@@ -79,7 +79,7 @@ class MirrorStatus:
 class Mirror:
     """Copies new rows from the SQLite file into the warehouse; every method runs on the warehouse thread."""
 
-    def __init__(self, sqlite_path: Path, *, batch_rows: int = 100_000,
+    def __init__(self, sqlite_path: Path, *, batch_rows: int = 250_000,
                  before_commit: Callable[[int], None] | None = None) -> None:
         self.sqlite_path = sqlite_path
         self.batch_rows = batch_rows

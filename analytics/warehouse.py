@@ -79,6 +79,8 @@ class Warehouse:
                                   "autoinstall_known_extensions": False}
         self._conn = duckdb.connect(str(self.path), read_only=self.read_only, config=config)
         self._conn.execute("SET TimeZone = 'UTC'")
+        # Fewer, larger checkpoints: the mirror appends in big batches, and each checkpoint rewrites row groups.
+        self._conn.execute("SET checkpoint_threshold = '512MB'")
         self._thread_id = threading.get_ident()
         if not self.read_only:
             self._conn.execute(SCHEMA)
