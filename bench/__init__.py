@@ -1,0 +1,1 @@
+"""Benchmarks: run with `python -m bench.<name>`; they print figures and are not part of `make test`."""
