@@ -43,7 +43,9 @@ def serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     print(f"Flowtel listening on http://{host}:{port} (store: {settings.database_path})", flush=True)
-    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=10)
+    # aiohttp's access log costs more per request than ingesting the event; it is opt-in.
+    access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
+    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=10, access_log=access_log)
 
 
 async def _token_create(settings: Settings, shop_id: str, name: str) -> tuple[str, str]:

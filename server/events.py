@@ -6,6 +6,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -72,6 +73,16 @@ def format_ms(ms: int) -> str:
     """Epoch milliseconds → ISO 8601 UTC with milliseconds and Z."""
     dt = datetime.fromtimestamp(ms / 1000, UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def utc_day(ms: int) -> str:
+    """The UTC date (YYYY-MM-DD) of an epoch-ms instant; cached, since every request asks for today's."""
+    return _day_of(ms // 86_400_000)
+
+
+@lru_cache(maxsize=8)
+def _day_of(days: int) -> str:
+    return (_EPOCH + timedelta(days=days)).date().isoformat()
 
 
 def parse_instant(value: str) -> int | None:

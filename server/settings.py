@@ -46,6 +46,8 @@ class Settings:
     write_queue_events: int = 20000
     # DuckDB's memory cap: queries spill or fail cleanly instead of growing the process without bound.
     duckdb_memory_limit: str = "1GB"
+    # One log line per request (aiohttp's access log); off by default because it halves request throughput.
+    access_log: bool = False
     # FULL fsyncs the WAL on every group commit, so an acknowledged event also survives power loss.
     sqlite_synchronous: str = "FULL"
 
@@ -176,4 +178,5 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         write_queue_events=_int(env, "FLOWTEL_WRITE_QUEUE", defaults.write_queue_events, 1, 10_000_000),
         sqlite_synchronous=synchronous,
         duckdb_memory_limit=memory,
+        access_log=_flag(env, "FLOWTEL_ACCESS_LOG", False),
     )

@@ -13,9 +13,9 @@ from server.events import (
     NewEvent,
     RequestInfo,
     decode_body,
-    format_ms,
     parse_body,
     parse_events,
+    utc_day,
 )
 from server.keys import CLOCK, SETTINGS, STORE
 
@@ -35,7 +35,7 @@ async def post_events(request: web.Request) -> web.Response:
         client_ip=client_ip(request.remote, headers.get("X-Forwarded-For"), settings.trust_proxy),
         country=country_of(headers, settings.trust_proxy),
         now_ms=now_ms,
-        salt=await store.salt_for(format_ms(now_ms)[:10]),
+        salt=await store.salt_for(utc_day(now_ms)),
     )
     events = parse_events(body, info)
     try:
