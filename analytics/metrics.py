@@ -32,20 +32,7 @@ firsts AS (
     GROUP BY shop_id, coalesce(order_id, id)
 ),
 sess AS (
-    SELECT shop_id, session_id,
-           arg_min_null(source, (ts, seq)) AS s_source,
-           arg_min_null(referrer, (ts, seq)) AS s_referrer,
-           arg_min_null(utm_source, (ts, seq)) AS s_utm_source,
-           arg_min_null(utm_medium, (ts, seq)) AS s_utm_medium,
-           arg_min_null(utm_campaign, (ts, seq)) AS s_utm_campaign,
-           arg_min_null(device, (ts, seq)) AS s_device,
-           arg_min_null(browser, (ts, seq)) AS s_browser,
-           arg_min_null(os, (ts, seq)) AS s_os,
-           arg_min_null(country, (ts, seq)) AS s_country,
-           arg_min_null(path, (ts, seq)) FILTER (WHERE event_type = 'page_view') AS s_entry_page,
-           arg_max_null(path, (ts, seq)) FILTER (WHERE event_type = 'page_view') AS s_exit_page,
-           count(*) AS s_events,
-           (epoch_ms(max(ts)) - epoch_ms(min(ts))) / 1000.0 AS s_duration
+    SELECT shop_id, session_id, {session_columns}
     FROM ev
     GROUP BY shop_id, session_id
 )
@@ -53,6 +40,23 @@ SELECT ev.*, sess.* EXCLUDE (shop_id, session_id),
        ev.event_type = 'purchase' AND ev.seq IN (SELECT seq FROM firsts) AS counted
 FROM ev JOIN sess USING (shop_id, session_id)
 """
+
+def session_columns(attributes: Iterable[str]) -> str:
+    """Per-session aggregates over events: the attributes of its first event (by time, then arrival), its entry and
+    exit pages, event count and duration. Shared by the query API's base and the stats report."""
+    firsts = [f"arg_min_null({name}, (ts, seq)) AS s_{name}" for name in attributes]
+    return ", ".join([
+        *firsts,
+        "arg_min_null(path, (ts, seq)) FILTER (WHERE event_type = 'page_view') AS s_entry_page",
+        "arg_max_null(path, (ts, seq)) FILTER (WHERE event_type = 'page_view') AS s_exit_page",
+        "count(*) AS s_events",
+        "(epoch_ms(max(ts)) - epoch_ms(min(ts))) / 1000.0 AS s_duration",
+    ])
+
+
+SESSION_ATTRIBUTES = ("source", "referrer", "utm_source", "utm_medium", "utm_campaign", "device", "browser", "os",
+                      "country")
+
 
 # Level 1: one row per (dimensions, session). A query computes only the columns its metrics need.
 LEVEL1: dict[str, str] = {

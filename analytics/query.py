@@ -13,10 +13,12 @@ from analytics.metrics import (
     METRICS,
     MONEY_ORDER_SQL,
     PROP_PREFIX,
+    SESSION_ATTRIBUTES,
     Dimension,
     level1_columns,
     prop_key,
     prop_path,
+    session_columns,
 )
 
 FILTER_OPS = ("is", "is_not", "contains", "not_contains", "matches")
@@ -192,7 +194,8 @@ def base_sql(scope: Scope, sql: Sql) -> str:
         sql.params["shop"] = scope.shop_id
         shop_clause = "AND shop_id = $shop"
     bot_clause = "" if scope.include_bots else "AND NOT is_bot"
-    return BASE_SQL.format(shop_clause=shop_clause, bot_clause=bot_clause)
+    return BASE_SQL.format(shop_clause=shop_clause, bot_clause=bot_clause,
+                           session_columns=session_columns(SESSION_ATTRIBUTES))
 
 
 def _filter_sql(flt: Filter, sql: Sql, timezone: str) -> str:

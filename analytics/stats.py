@@ -10,7 +10,16 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from analytics.metrics import DIMENSIONS, LEVEL1, METRICS, finish_metric, format_hour, level1_columns, money
+from analytics.metrics import (
+    DIMENSIONS,
+    LEVEL1,
+    METRICS,
+    finish_metric,
+    format_hour,
+    level1_columns,
+    money,
+    session_columns,
+)
 from analytics.query import Filter, Query, Scope, Sql, aggregate_sql
 
 PERIODS = ("today", "yesterday", "7d", "30d", "90d", "month", "lastMonth", "year", "all")
@@ -192,16 +201,7 @@ WHERE ts >= $start AND ts < $end {shop_clause} {bot_clause}
 # dimensions, level 1 is exactly this table, so totals and session breakdowns aggregate it directly.
 REPORT_SESSIONS_SQL = f"""
 SELECT sk,
-       arg_min_null(source, (ts, seq)) AS s_source,
-       arg_min_null(utm_campaign, (ts, seq)) AS s_utm_campaign,
-       arg_min_null(device, (ts, seq)) AS s_device,
-       arg_min_null(browser, (ts, seq)) AS s_browser,
-       arg_min_null(os, (ts, seq)) AS s_os,
-       arg_min_null(country, (ts, seq)) AS s_country,
-       arg_min_null(path, (ts, seq)) FILTER (WHERE event_type = 'page_view') AS s_entry_page,
-       arg_max_null(path, (ts, seq)) FILTER (WHERE event_type = 'page_view') AS s_exit_page,
-       count(*) AS s_events,
-       (epoch_ms(max(ts)) - epoch_ms(min(ts))) / 1000.0 AS s_duration,
+       {session_columns(("source", "utm_campaign", "device", "browser", "os", "country"))},
        {level1_columns(name for name in LEVEL1 if not name.startswith("s_"))}
 FROM report_base
 GROUP BY sk

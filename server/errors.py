@@ -72,6 +72,18 @@ def error_response(error: ApiError) -> web.Response:
     return json_response(error_body(error.code, error.message, error.details), error.status, headers)
 
 
+async def read_json_object(request: web.Request, example: str) -> dict[str, Any]:
+    """A request body that must be one JSON object; 400 invalid_json or validation_failed otherwise."""
+    raw = await request.read()
+    try:
+        doc = orjson.loads(raw) if raw.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON ({exc.msg}).") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "validation_failed", f"The body must be a JSON object like {example}.")
+    return doc
+
+
 def validation_error(field: str, message: str) -> ApiError:
     return ApiError(400, "validation_failed", f"{field}: {message}", [{"field": field, "message": message}])
 

@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
-import orjson
 from aiohttp import web
 
 from analytics.metrics import METRICS, finish_metric, format_hour
@@ -26,7 +25,7 @@ from analytics.stats import (
 )
 from analytics.timerange import parse_range, resolve_timezone
 from server.auth import scoped_shop
-from server.errors import ApiError, json_response, validation_error
+from server.errors import json_response, read_json_object, validation_error
 from server.events import is_valid_shop_id, normalise_event_type
 from server.keys import CLOCK, MIRROR, WAREHOUSE
 
@@ -159,13 +158,7 @@ async def get_stats(request: web.Request) -> web.Response:
 
 
 async def post_query(request: web.Request) -> web.Response:
-    raw = await request.read()
-    try:
-        doc = orjson.loads(raw) if raw.strip() else None
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"The body is not valid JSON ({exc.msg}).") from None
-    if not isinstance(doc, dict):
-        raise ApiError(400, "validation_failed", "The body must be a JSON object with at least \"metrics\".")
+    doc = await read_json_object(request, '{"metrics": ["sessions"]}')
     shop_id = _shop(request, doc.get("shopId"))
     tz_name = _timezone(doc.get("timezone"))
     tz = resolve_timezone(tz_name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import aiosqlite
-import orjson
 from aiohttp import web
 
 from server.auth import (
@@ -16,7 +15,7 @@ from server.auth import (
     principal_of,
     require_admin,
 )
-from server.errors import ApiError, json_response, validation_error
+from server.errors import ApiError, json_response, read_json_object, validation_error
 from server.events import format_ms, is_valid_shop_id, new_event_id
 from server.keys import CLOCK, STORE
 
@@ -25,20 +24,9 @@ def _token_json(row: tuple[Any, ...] | Any) -> dict[str, Any]:
     return {"id": row[0], "shopId": row[1], "name": row[2], "createdAt": format_ms(row[3])}
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        doc = orjson.loads(raw) if raw.strip() else None
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"The body is not valid JSON ({exc.msg}).") from None
-    if not isinstance(doc, dict):
-        raise ApiError(400, "validation_failed", "The body must be a JSON object like {\"shopId\": \"my-shop\"}.")
-    return doc
-
-
 async def post_token(request: web.Request) -> web.Response:
     require_admin(request)
-    doc = await _json_object(request)
+    doc = await read_json_object(request, '{"shopId": "my-shop"}')
     shop_id = doc.get("shopId")
     if not isinstance(shop_id, str) or not is_valid_shop_id(shop_id):
         raise validation_error("shopId", "is required: 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-'")
