@@ -70,9 +70,12 @@ def new_event_id() -> str:
 
 
 def format_ms(ms: int) -> str:
-    """Epoch milliseconds → ISO 8601 UTC with milliseconds and Z."""
-    dt = datetime.fromtimestamp(ms / 1000, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """Epoch milliseconds → ISO 8601 UTC with milliseconds and Z (on every response, so no datetime objects)."""
+    days, rest = divmod(ms, 86_400_000)
+    seconds, millis = divmod(rest, 1000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{_day_of(days)}T{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
 
 
 def utc_day(ms: int) -> str:
@@ -80,7 +83,7 @@ def utc_day(ms: int) -> str:
     return _day_of(ms // 86_400_000)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4096)
 def _day_of(days: int) -> str:
     return (_EPOCH + timedelta(days=days)).date().isoformat()
 
