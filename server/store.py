@@ -205,7 +205,9 @@ class Store:
 
     async def _open(self) -> None:
         await asyncio.to_thread(prepare_database, self.path)
-        self._writer = await aiosqlite.connect(self.path)
+        # Autocommit: a group is one INSERT statement, which SQLite commits atomically on its own, so a group costs
+        # a single round trip to the writer thread. Multi-statement jobs open their own transaction (_run_call).
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         await self._writer.execute("PRAGMA busy_timeout = 5000")
         await self._writer.execute(f"PRAGMA synchronous = {self.synchronous}")
         # Index pages stay hot, so inserts into a store of millions of rows don't wait on page reads.
@@ -336,7 +338,6 @@ class Store:
         try:
             payload = orjson.dumps([event.row() for job in group for event in job.events]).decode()
             inserted = {row[0] for row in await conn.execute_fetchall(INSERT_GROUP, (payload,))}
-            await conn.commit()
             # An id repeated within the group was inserted once, by its first occurrence in arrival order.
             outcomes: list[list[bool]] = []
             new_rows = 0
@@ -353,8 +354,6 @@ class Store:
             self.stats.failed_commits += 1
             self.stats.last_error = repr(exc)
             log.error("group commit of %d events failed: %r", count, exc)
-            with contextlib.suppress(Exception):
-                await conn.rollback()
             for job in group:
                 if not job.future.done():
                     job.future.set_exception(exc)
@@ -374,6 +373,7 @@ class Store:
         conn = self._writer
         assert conn is not None
         try:
+            await conn.execute("BEGIN IMMEDIATE")
             result = await call.fn(conn)
             await conn.commit()
         except Exception as exc:
