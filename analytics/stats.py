@@ -20,7 +20,7 @@ from analytics.metrics import (
     money,
     session_columns,
 )
-from analytics.query import Filter, Query, Scope, Sql, aggregate_sql
+from analytics.query import Filter, Query, QueryError, Scope, Sql, aggregate_sql
 
 PERIODS = ("today", "yesterday", "7d", "30d", "90d", "month", "lastMonth", "year", "all")
 INTERVALS = ("hour", "day", "week", "month")
@@ -34,13 +34,6 @@ SESSION_BREAKDOWNS = {
 }
 MAX_BUCKETS = 5000
 TOP = 10
-
-
-class RangeError(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 def local_midnight(day: date, tz: ZoneInfo) -> datetime:
@@ -74,7 +67,7 @@ def period_range(period: str, now: datetime, tz: ZoneInfo, first_event: datetime
         first = first_event.astimezone(tz).date() if first_event is not None else today
         days = (min(first, today), tomorrow)
     else:
-        raise RangeError("period", f"unknown period {period!r}; use one of {', '.join(PERIODS)}")
+        raise QueryError("period", f"unknown period {period!r}; use one of {', '.join(PERIODS)}")
     return local_midnight(days[0], tz), local_midnight(days[1], tz)
 
 
@@ -141,7 +134,7 @@ def buckets(start: datetime, end: datetime, tz: ZoneInfo, interval: str) -> list
     elif interval == "month":
         day = first.replace(day=1)
     else:
-        raise RangeError("interval", f"unknown interval {interval!r}; use one of {', '.join(INTERVALS)}")
+        raise QueryError("interval", f"unknown interval {interval!r}; use one of {', '.join(INTERVALS)}")
     while day <= last and len(out) <= MAX_BUCKETS:
         label = day.isoformat()
         out.append((label, label))
