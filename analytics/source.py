@@ -27,7 +27,6 @@ SELECT seq, id, shop_id, session_id, event_type, event_name, properties, timesta
 FROM events WHERE seq > ? ORDER BY seq LIMIT ?
 """
 SELECT_MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM events"
-SELECT_COUNT_AFTER = "SELECT count(*) FROM events WHERE seq > ?"
 
 _INT_COLUMNS = ("seq", "timestamp", "created_at", "is_bot")
 SCHEMA = pa.schema([

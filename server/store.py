@@ -9,7 +9,7 @@ import os
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ import orjson
 
 from analytics.source import readonly_uri
 from server.errors import ApiError
-from server.events import NewEvent
+from server.events import EVENT_COLUMNS, NewEvent
 
 log = logging.getLogger("flowtel.store")
 
@@ -100,6 +100,7 @@ INSERT_SALT = "INSERT OR IGNORE INTO salts (day, salt) VALUES (?, ?)"
 DELETE_OLD_SALTS = "DELETE FROM salts WHERE day < ?"
 SELECT_SALT = "SELECT salt FROM salts WHERE day = ?"
 SELECT_MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM events"
+SELECT_EVENT_BY_ID = f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?"
 
 # Upper bound of events committed in one transaction; bigger groups only add latency.
 MAX_GROUP_EVENTS = 5000
@@ -159,10 +160,6 @@ class _CallJob:
 class StoreStats:
     ingested: int = 0
     duplicates: int = 0
-    commits: int = 0
-    failed_commits: int = 0
-    last_error: str | None = None
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Store:
@@ -351,14 +348,11 @@ class Store:
                     created.append(is_new)
                 outcomes.append(created)
         except Exception as exc:
-            self.stats.failed_commits += 1
-            self.stats.last_error = repr(exc)
             log.error("group commit of %d events failed: %r", count, exc)
             for job in group:
                 if not job.future.done():
                     job.future.set_exception(exc)
         else:
-            self.stats.commits += 1
             self.stats.ingested += new_rows
             # The only writer of events, and seq never reuses a number: the new rows took the next new_rows values.
             self.last_seq += new_rows

@@ -10,12 +10,11 @@ from multidict import MultiMapping
 from analytics.timerange import parse_range, resolve_timezone, to_epoch_ms
 from server.auth import principal_of, scoped_shop
 from server.errors import ApiError, json_response, validation_error
-from server.events import EVENT_COLUMNS, NewEvent, is_uuid, is_valid_shop_id, normalise_event_type
+from server.events import NewEvent, is_uuid, is_valid_shop_id, normalise_event_type
 from server.keys import STORE
 from server.listing import Cursor, EventFilter, count_query, cursor_query, page_query, position_query
+from server.store import SELECT_EVENT_BY_ID, SELECT_MAX_SEQ
 
-SELECT_EVENT_BY_ID = f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?"
-SELECT_MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM events"
 _INT_RE = re.compile(r"^\d{1,9}$")
 MAX_LIMIT = 100
 

@@ -11,15 +11,15 @@ from server import __version__
 from server.errors import ApiError, json_response
 from server.events import format_ms
 from server.keys import MIRROR, STORE, TELEMETRY
+from server.store import SELECT_MAX_SEQ
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
-SELECT_HEALTH = "SELECT coalesce(max(seq), 0) FROM events"
 
 
 async def healthz(request: web.Request) -> web.Response:
     store = request.app[STORE]
     try:
-        row = await store.fetchone(SELECT_HEALTH)
+        row = await store.fetchone(SELECT_MAX_SEQ)
     except sqlite3.Error as exc:
         raise ApiError(503, "overloaded", f"Storage is unusable: {exc}.", headers={"Retry-After": "5"}) from None
     if not store.writer_alive:

@@ -9,7 +9,6 @@ from aiohttp import web
 from server.context import client_ip, country_of
 from server.errors import ApiError, json_response
 from server.events import (
-    EVENT_COLUMNS,
     NewEvent,
     RequestInfo,
     decode_body,
@@ -18,8 +17,7 @@ from server.events import (
     utc_day,
 )
 from server.keys import CLOCK, SETTINGS, STORE
-
-SELECT_EVENT_BY_ID = f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?"
+from server.store import SELECT_EVENT_BY_ID
 
 
 async def post_events(request: web.Request) -> web.Response:
