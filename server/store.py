@@ -88,14 +88,16 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _COLUMNS = ("id", "shop_id", "session_id", "event_type", "event_name", "properties", "timestamp", "url", "referrer",
             "user_agent", "created_at", "path", "browser", "os", "device", "country", "is_bot", "visitor_hash")
-# A whole group in one statement: the rows travel as one JSON array (one bound parameter, parsed by SQLite in C),
-# stored ids are skipped by the unique index, and RETURNING names the rows that were new. One round trip to the
-# writer thread instead of a lookup, a bind per row and an insert. `WHERE true` resolves the upsert parse ambiguity.
+# A whole group in one statement: the rows travel as one JSON array (one bound parameter, parsed by SQLite in C) and
+# stored ids are skipped by the unique index. No RETURNING: fetching a row per new event hands the GIL back and forth
+# with the event loop once per row; the row count tells whether every event was new, and only when some were not
+# are the new ids read back (by seq, which only this writer advances). `WHERE true` resolves the upsert ambiguity.
 INSERT_GROUP = (
     f"INSERT INTO events ({', '.join(_COLUMNS)}) "
     f"SELECT {', '.join(f'value ->> {i}' for i in range(len(_COLUMNS)))} FROM json_each(?) WHERE true "
-    "ON CONFLICT (id) DO NOTHING RETURNING id"
+    "ON CONFLICT (id) DO NOTHING"
 )
+SELECT_IDS_AFTER = "SELECT id FROM events WHERE seq > ?"
 INSERT_SALT = "INSERT OR IGNORE INTO salts (day, salt) VALUES (?, ?)"
 DELETE_OLD_SALTS = "DELETE FROM salts WHERE day < ?"
 SELECT_SALT = "SELECT salt FROM salts WHERE day = ?"
@@ -334,17 +336,27 @@ class Store:
         assert conn is not None
         try:
             payload = orjson.dumps([event.row() for job in group for event in job.events]).decode()
-            inserted = {row[0] for row in await conn.execute_fetchall(INSERT_GROUP, (payload,))}
+            before = self.last_seq
+            cursor = await conn.execute(INSERT_GROUP, (payload,))
+            new_rows = cursor.rowcount
+            if new_rows > 0:
+                # seq is the rowid: the last row this statement inserted has the highest seq so far.
+                self.last_seq = cursor.lastrowid or self.last_seq
+            all_new = new_rows == count
+            inserted: set[str] = set()
+            if not all_new and new_rows > 0:
+                inserted = {row[0] for row in await conn.execute_fetchall(SELECT_IDS_AFTER, (before,))}
             # An id repeated within the group was inserted once, by its first occurrence in arrival order.
             outcomes: list[list[bool]] = []
-            new_rows = 0
             for job in group:
+                if all_new:
+                    outcomes.append([True] * len(job.events))
+                    continue
                 created: list[bool] = []
                 for event in job.events:
                     is_new = event.id in inserted
                     if is_new:
                         inserted.discard(event.id)
-                        new_rows += 1
                     created.append(is_new)
                 outcomes.append(created)
         except Exception as exc:
@@ -354,8 +366,6 @@ class Store:
                     job.future.set_exception(exc)
         else:
             self.stats.ingested += new_rows
-            # The only writer of events, and seq never reuses a number: the new rows took the next new_rows values.
-            self.last_seq += new_rows
             self.stats.duplicates += count - new_rows
             for job, created in zip(group, outcomes, strict=True):
                 if not job.future.done():
