@@ -242,7 +242,7 @@ class Server:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWTEL_")}
         env.update(PORT=str(self.port), HOST="127.0.0.1", DATABASE_URL=f"sqlite:{db}", FLOWTEL_DUCKDB_PATH=str(duck),
-                   FLOWTEL_ADMIN_TOKEN=ADMIN_TOKEN, FLOWTEL_LLM_PROVIDER="none")
+                   FLOWTEL_ADMIN_TOKEN=ADMIN_TOKEN, FLOWTEL_LLM_PROVIDER="none", FLOWTEL_RATE_LIMIT_READ="0")
         self.log_path = log_path
         with log_path.open("ab") as out:
             self.proc = subprocess.Popen(flowtel_command(), cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,

@@ -15,9 +15,11 @@ from analytics.warehouse import Warehouse
 from server.auth import auth_middleware, resolve_admin_token
 from server.errors import error_middleware
 from server.events import MAX_BODY_BYTES
-from server.keys import ADMIN_TOKEN, CLOCK, MIRROR, SETTINGS, STORE, TELEMETRY, WAREHOUSE
+from server.keys import ADMIN_TOKEN, CLOCK, LIMITS, MIRROR, SETTINGS, SHOPS, STORE, TELEMETRY, WAREHOUSE
+from server.limits import Limits
 from server.routes import setup_routes
-from server.settings import Settings
+from server.settings import RATE_BURST_SECONDS, Settings
+from server.shops import ShopRegistry
 from server.store import Store
 from server.telemetry import Telemetry, make_telemetry_middleware
 
@@ -34,6 +36,9 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                   queue_limit=settings.write_queue_events)
     await store.open()
     app[STORE] = store
+    shops = ShopRegistry(store)
+    await shops.load()
+    app[SHOPS] = shops
     log.info("SQLite store open at %s", settings.database_path)
     yield
     # Runs after the server stopped accepting and in-flight requests finished: commit what is queued, close.
@@ -110,11 +115,15 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
         # A little above the JSON limit so a gzip body of up to 1 MiB reaches our own, clearer check.
         client_max_size=MAX_BODY_BYTES + 64 * 1024,
         # We inflate gzip ourselves with a hard cap; aiohttp's automatic inflation has none we control.
-        handler_args={"auto_decompress": False},
+        # Explicit header limits: a request line or header over 8 KiB, or more than 100 headers, is refused.
+        handler_args={"auto_decompress": False, "max_line_size": 8190, "max_field_size": 8190, "max_headers": 100},
     )
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[TELEMETRY] = telemetry
+    app[LIMITS] = Limits(ip_rate=settings.rate_limit_ip, shop_rate=settings.rate_limit_shop,
+                         read_rate=settings.rate_limit_read, burst_seconds=RATE_BURST_SECONDS,
+                         max_queries=settings.max_concurrent_queries, clock=clock)
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(analytics_ctx)
     app.cleanup_ctx.append(telemetry_ctx)

@@ -10,7 +10,8 @@ import aiosqlite
 from aiohttp import web
 
 from server.errors import ApiError, Handler
-from server.keys import ADMIN, ADMIN_TOKEN, PRINCIPAL, SETTINGS, STORE, Principal
+from server.keys import ADMIN, ADMIN_TOKEN, LIMITS, PRINCIPAL, SETTINGS, STORE, TELEMETRY, Principal
+from server.limits import RateLimited
 from server.settings import Settings
 from server.store import Store, secure_write
 
@@ -112,8 +113,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         or not path.startswith("/api/")
         or request.method == "OPTIONS"
         or (request.method, path) in PUBLIC_ROUTES
-        or not request.app[SETTINGS].auth_enabled
     ):
+        return await handler(request)
+    if not request.app[SETTINGS].auth_enabled:
+        _limit_reads(request, f"ip:{request.remote}")
         return await handler(request)
     token = bearer_token(request)
     if token is None:
@@ -124,4 +127,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise ApiError(401, "unauthorized", "The token is unknown or revoked: use a valid token.",
                        headers={"WWW-Authenticate": "Bearer"})
     request[PRINCIPAL] = principal
+    _limit_reads(request, principal.token_id or "admin")
     return await handler(request)
+
+
+def _limit_reads(request: web.Request, key: str) -> None:
+    buckets = request.app[LIMITS].read
+    if buckets is not None:
+        wait = buckets.take(key)
+        if wait:
+            request.app[TELEMETRY].rate_limited.labels("read").inc()
+            raise RateLimited("with this token", wait)

@@ -561,7 +561,7 @@ async def _post_all(base_url: str, traffic: Iterable[tuple[str | None, dict[str,
                 headers["CF-IPCountry"] = country
             for attempt in range(20):
                 async with session.post(f"{base_url}/api/events", data=body, headers=headers) as resp:
-                    if resp.status == 503 and attempt < 19:
+                    if resp.status in (429, 503) and attempt < 19:
                         await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
                         continue
                     if resp.status != 201:

@@ -9,7 +9,9 @@ from aiohttp import web
 
 from analytics.mirror import Mirror
 from analytics.warehouse import Warehouse
+from server.limits import Limits
 from server.settings import Settings
+from server.shops import ShopRegistry
 from server.store import Store
 from server.telemetry import Telemetry
 
@@ -19,6 +21,8 @@ ADMIN_TOKEN = web.AppKey("admin_token", str)
 WAREHOUSE = web.AppKey("warehouse", Warehouse)
 MIRROR = web.AppKey("mirror", Mirror)
 TELEMETRY = web.AppKey("telemetry", Telemetry)
+SHOPS = web.AppKey("shops", ShopRegistry)
+LIMITS = web.AppKey("limits", Limits)
 # Injected clock: epoch milliseconds. Tests pin it; production uses the wall clock.
 Clock = Callable[[], int]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,8 @@ LLM_PROVIDERS = ("openai", "anthropic", "none")
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 _ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 _TRUE = ("1", "true", "yes", "on")
+# A bucket holds this many seconds of its rate, so short bursts (a page load's batch, a dashboard's refresh) pass.
+RATE_BURST_SECONDS = 10
 _FALSE = ("0", "false", "no", "off")
 
 
@@ -50,6 +53,16 @@ class Settings:
     access_log: bool = False
     # FULL fsyncs the WAL on every group commit, so an acknowledged event also survives power loss.
     sqlite_synchronous: str = "FULL"
+    # Ingestion for a shop id nobody registered (POST /api/shops) is a 400 when on.
+    require_known_shops: bool = False
+    # Token buckets (0 = off). Each refills at the rate per second and holds RATE_BURST_SECONDS of it.
+    rate_limit_ip: float = 200.0  # ingestion requests per client IP
+    rate_limit_shop: float = 5000.0  # ingested events per shop
+    rate_limit_read: float = 20.0  # read requests per token
+    # Expensive reads (stats, query, insights, chat) running at once; more wait, then get 503.
+    max_concurrent_queries: int = 4
+    # Seconds a client may take to send its request body.
+    body_timeout: float = 10.0
 
     @property
     def data_dir(self) -> Path:
@@ -95,6 +108,20 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r} is not a number of seconds, e.g. 1 or 0.5.") from None
     if not 0 < value <= 3600:
         raise SettingsError(f"{name}={raw!r} must be more than 0 and at most 3600 seconds.")
+    return value
+
+
+def _rate(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number: set a rate per second such as 100, or 0 for no limit.") \
+            from None
+    if not 0 <= value <= 1e9 or math.isnan(value):
+        raise SettingsError(f"{name}={raw!r} is out of range: set a rate per second from 0 (no limit) upwards.")
     return value
 
 
@@ -179,4 +206,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         sqlite_synchronous=synchronous,
         duckdb_memory_limit=memory,
         access_log=_flag(env, "FLOWTEL_ACCESS_LOG", False),
+        require_known_shops=_flag(env, "FLOWTEL_REQUIRE_KNOWN_SHOPS", False),
+        rate_limit_ip=_rate(env, "FLOWTEL_RATE_LIMIT_IP", defaults.rate_limit_ip),
+        rate_limit_shop=_rate(env, "FLOWTEL_RATE_LIMIT_SHOP", defaults.rate_limit_shop),
+        rate_limit_read=_rate(env, "FLOWTEL_RATE_LIMIT_READ", defaults.rate_limit_read),
+        max_concurrent_queries=_int(env, "FLOWTEL_MAX_CONCURRENT_QUERIES", defaults.max_concurrent_queries, 1, 256),
+        body_timeout=_positive_float(env, "FLOWTEL_BODY_TIMEOUT", defaults.body_timeout),
     )

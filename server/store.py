@@ -79,6 +79,17 @@ MIGRATIONS: tuple[str, ...] = (
         salt BLOB NOT NULL
     );
     """,
+    """
+    CREATE TABLE IF NOT EXISTS shops (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        timezone TEXT NOT NULL DEFAULT 'UTC',
+        currency TEXT NOT NULL DEFAULT 'USD',
+        domains TEXT NOT NULL DEFAULT '[]',  -- JSON array of host names; empty = events accepted from anywhere
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    """,
 )
 
 INSERT_EVENT = """

@@ -41,6 +41,8 @@ class Telemetry:
         self.registry = CollectorRegistry(auto_describe=False)
         self.rejected = Counter("flowtel_events_rejected", "Ingestion requests rejected, by error code.",
                                 ["reason"], registry=self.registry)
+        self.rate_limited = Counter("flowtel_rate_limited", "Requests refused by a rate limit, by limit.",
+                                    ["limit"], registry=self.registry)
         self.latency = Histogram("flowtel_http_request_duration_seconds", "HTTP request latency by route.",
                                  ["method", "route", "status"], registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))

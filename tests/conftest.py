@@ -40,6 +40,10 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         duckdb_path=tmp_path / "flowtel.duckdb",
         admin_token=ADMIN_TOKEN,
         sqlite_synchronous="NORMAL",
+        # The clock is pinned, so buckets never refill: limits are off unless a test turns them on.
+        rate_limit_ip=0,
+        rate_limit_shop=0,
+        rate_limit_read=0,
     )
     return dataclasses.replace(base, **overrides)
 

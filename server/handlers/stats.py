@@ -27,7 +27,7 @@ from analytics.timerange import parse_range, resolve_timezone
 from server.auth import scoped_shop
 from server.errors import json_response, read_json_object, validation_error
 from server.events import is_valid_shop_id, normalise_event_type
-from server.keys import CLOCK, MIRROR, WAREHOUSE
+from server.keys import CLOCK, LIMITS, MIRROR, SHOPS, WAREHOUSE
 
 # Rows a request may copy into the mirror before it answers; the background loop keeps the lag far below this.
 CATCH_UP_ROWS = 5_000_000
@@ -111,10 +111,29 @@ def _first_event(conn: duckdb.DuckDBPyConnection, shop_id: str | None) -> dateti
     return row[0] if row and row[0] is not None else None
 
 
+def _default_timezone(request: web.Request, shop_id: str | None, value: Any) -> Any:
+    """An explicit timezone wins; otherwise the registered shop's own, else UTC."""
+    if value is not None:
+        return value
+    shop = request.app[SHOPS].get(shop_id)
+    return shop.timezone if shop is not None else None
+
+
 async def get_stats(request: web.Request) -> web.Response:
+    # Reports are the expensive reads: a bounded number run at once, so a burst cannot exhaust memory or CPU.
+    async with request.app[LIMITS].queries.slot():
+        return await _get_stats(request)
+
+
+async def post_query(request: web.Request) -> web.Response:
+    async with request.app[LIMITS].queries.slot():
+        return await _post_query(request)
+
+
+async def _get_stats(request: web.Request) -> web.Response:
     query = request.query
     shop_id = _shop(request, query.get("shopId"))
-    tz_name = _timezone(query.get("timezone"))
+    tz_name = _timezone(_default_timezone(request, shop_id, query.get("timezone")))
     tz = resolve_timezone(tz_name)
     now = datetime.fromtimestamp(request.app[CLOCK]() / 1000, UTC)
     period = query.get("period")
@@ -157,10 +176,10 @@ async def get_stats(request: web.Request) -> web.Response:
     return json_response(report)
 
 
-async def post_query(request: web.Request) -> web.Response:
+async def _post_query(request: web.Request) -> web.Response:
     doc = await read_json_object(request, '{"metrics": ["sessions"]}')
     shop_id = _shop(request, doc.get("shopId"))
-    tz_name = _timezone(doc.get("timezone"))
+    tz_name = _timezone(_default_timezone(request, shop_id, doc.get("timezone")))
     tz = resolve_timezone(tz_name)
     include_bots = doc.get("includeBots", False)
     if not isinstance(include_bots, bool):
