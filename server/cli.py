@@ -36,6 +36,7 @@ def serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
     from server.app import create_app
+    from server.telemetry import JsonAccessLogger, access_logger
 
     settings = _settings()
     host = args.host or settings.host
@@ -43,9 +44,10 @@ def serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     print(f"Flowtel listening on http://{host}:{port} (store: {settings.database_path})", flush=True)
-    # aiohttp's access log costs more per request than ingesting the event; it is opt-in.
-    access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
-    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=10, access_log=access_log)
+    # An access log line costs more per request than ingesting the event; it is opt-in.
+    access_log = access_logger() if settings.access_log else None
+    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=10, access_log=access_log,
+                access_log_class=JsonAccessLogger)
 
 
 async def _token_create(settings: Settings, shop_id: str, name: str) -> tuple[str, str]:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.errors import ERROR_CODE, Handler
+
+# The request's id: the caller's X-Request-Id when it is a sane token, else a new one; echoed on every response.
+REQUEST_ID = web.RequestKey("request_id", str)
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class _StateCollector(Collector):
@@ -60,7 +69,15 @@ def make_telemetry_middleware(telemetry: Telemetry) -> Any:
     @web.middleware
     async def telemetry_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        response = await handler(request)
+        given = request.headers.get("X-Request-Id")
+        request_id = given if given is not None and _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        request[REQUEST_ID] = request_id
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # 3xx that handlers raise pass through the error middleware
+            exc.headers["X-Request-Id"] = request_id
+            raise
+        response.headers["X-Request-Id"] = request_id
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
         telemetry.latency.labels(request.method, name, str(response.status)).observe(time.perf_counter() - started)
@@ -69,3 +86,30 @@ def make_telemetry_middleware(telemetry: Telemetry) -> Any:
         return response
 
     return telemetry_middleware
+
+
+class JsonAccessLogger(AbstractAccessLogger):
+    """One JSON object per request on the `flowtel.access` logger. No client address: we store no IPs, logs included."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(orjson.dumps({
+            "requestId": request.get(REQUEST_ID),
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "ms": round(time * 1000, 3),
+            "bytes": response.body_length,
+            "userAgent": request.headers.get("User-Agent"),
+        }).decode())
+
+
+def access_logger() -> logging.Logger:
+    """The access log: bare JSON lines on stderr (no timestamp prefix), so log shippers parse each line as is."""
+    logger = logging.getLogger("flowtel.access")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    return logger
