@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint demo analyze export rebuild bench-ingest bench-stats clean
+.PHONY: install run test lint demo analyze export rebuild bench-ingest bench-stats bench-soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench-ingest: install
 # chdb (ClickHouse in-process) is a bench-only dependency, installed here rather than in pyproject.toml.
 bench-stats: install
 	$(BIN)/pip install --quiet chdb && $(BIN)/python -m bench.stats
+
+# Ten minutes of mixed load (ingestion, stats, listing) on a store whose largest shop holds about 1M events.
+bench-soak: install
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

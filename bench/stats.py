@@ -238,11 +238,12 @@ def flowtel_command() -> list[str]:
 class Server:
     """`flowtel serve` on a loopback port over the given SQLite and DuckDB files; ready once the mirror lag is 0."""
 
-    def __init__(self, db: Path, duck: Path, log_path: Path) -> None:
+    def __init__(self, db: Path, duck: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWTEL_")}
         env.update(PORT=str(self.port), HOST="127.0.0.1", DATABASE_URL=f"sqlite:{db}", FLOWTEL_DUCKDB_PATH=str(duck),
                    FLOWTEL_ADMIN_TOKEN=ADMIN_TOKEN, FLOWTEL_LLM_PROVIDER="none", FLOWTEL_RATE_LIMIT_READ="0")
+        env.update(extra_env or {})
         self.log_path = log_path
         with log_path.open("ab") as out:
             self.proc = subprocess.Popen(flowtel_command(), cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
