@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -60,10 +61,19 @@ def parse_user_agent(ua: str) -> UserAgentInfo:
     return UserAgentInfo(browser, os_name, device, is_bot)
 
 
+# The common shape, an absolute http(s) URL of printable ASCII: the path is what follows the host, up to ? or #.
+# Anything else takes urlsplit, whose own cache holds only 128 URLs and misses on every product page.
+_HTTP_URL_RE = re.compile(r"https?://[^/?#]*([^?#]*)", re.IGNORECASE)
+
+
 def path_of(url: str | None) -> str | None:
     """The URL's path ('/' for a bare origin), or None when there is no usable URL."""
     if not url:
         return None
+    if url.isascii() and url.isprintable() and " " not in url and "[" not in url:
+        match = _HTTP_URL_RE.match(url)
+        if match is not None:
+            return match.group(1) or "/"
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -312,7 +312,8 @@ def _required_printable(raw: dict[str, Any], field: str, limit: int, index: int 
     return value
 
 
-def _parse_one(raw: Any, index: int | None, info: RequestInfo, skew_ms: int, problems: _Problems) -> NewEvent | None:
+def _parse_one(raw: Any, index: int | None, info: RequestInfo, skew_ms: int, problems: _Problems,
+               hashes: dict[tuple[str, str], str]) -> NewEvent | None:
     if not isinstance(raw, dict):
         problems.add(index, "event", "must be a JSON object")
         return None
@@ -342,11 +343,18 @@ def _parse_one(raw: Any, index: int | None, info: RequestInfo, skew_ms: int, pro
         pass
     elif not isinstance(properties, dict):
         problems.add(index, "properties", "must be a JSON object")
-    elif _depth_exceeds(properties, MAX_DEPTH):
-        problems.add(index, "properties", f"is nested more than {MAX_DEPTH} levels deep")
     else:
-        encoded = orjson.dumps(properties)
-        if len(encoded) > MAX_PROPERTIES_BYTES:
+        try:
+            encoded = orjson.dumps(properties)
+        except orjson.JSONEncodeError:  # nested beyond orjson's own limit, far past ours
+            encoded = None
+        # Nesting deeper than MAX_DEPTH needs more than MAX_DEPTH opening brackets, so most objects skip the walk.
+        if (encoded is None or encoded.count(b"{") + encoded.count(b"[") > MAX_DEPTH) and \
+                _depth_exceeds(properties, MAX_DEPTH):
+            problems.add(index, "properties", f"is nested more than {MAX_DEPTH} levels deep")
+        elif encoded is None:
+            problems.add(index, "properties", "must be a JSON object")
+        elif len(encoded) > MAX_PROPERTIES_BYTES:
             problems.add(index, "properties", f"is {len(encoded)} bytes serialised; the limit is 32 KiB")
         else:
             properties_json = encoded.decode()
@@ -387,8 +395,17 @@ def _parse_one(raw: Any, index: int | None, info: RequestInfo, skew_ms: int, pro
         device=ua_info.device,
         country=info.country,
         is_bot=ua_info.is_bot,
-        visitor_hash=visitor_hash(info.salt, shop_id, info.client_ip, ua),
+        visitor_hash=_visitor(info, shop_id, ua, hashes),
     )
+
+
+def _visitor(info: RequestInfo, shop_id: str, ua: str, hashes: dict[tuple[str, str], str]) -> str:
+    # A batch is one visitor's events, nearly always one shop and one user agent: hash once per request.
+    key = (shop_id, ua)
+    value = hashes.get(key)
+    if value is None:
+        value = hashes[key] = visitor_hash(info.salt, shop_id, info.client_ip, ua)
+    return value
 
 
 def parse_events(body: ParsedBody, info: RequestInfo) -> list[NewEvent]:
@@ -402,8 +419,9 @@ def parse_events(body: ParsedBody, info: RequestInfo) -> list[NewEvent]:
         elif abs(info.now_ms - sent_at) > SKEW_TOLERANCE_MS:
             skew_ms = info.now_ms - sent_at
     events: list[NewEvent] = []
+    hashes: dict[tuple[str, str], str] = {}
     for i, raw in enumerate(body.items):
-        event = _parse_one(raw, None if body.single else i, info, skew_ms, problems)
+        event = _parse_one(raw, None if body.single else i, info, skew_ms, problems, hashes)
         if event is not None:
             events.append(event)
     if problems.items:

@@ -15,6 +15,7 @@ from server.context import client_ip, country_of, parse_user_agent, path_of, vis
 from server.errors import ApiError
 from server.events import (
     MAX_BODY_BYTES,
+    MAX_DEPTH,
     ParsedBody,
     RequestInfo,
     decode_body,
@@ -738,3 +739,35 @@ def test_parsed_body_is_the_parse_events_input() -> None:
     body = ParsedBody(items=[event()], sent_at=None, single=True)
     (parsed,) = parse_events(body, info(country="DE"))
     assert parsed.country == "DE"
+
+
+@pytest.mark.parametrize("url", [
+    "https://a.com", "https://a.com/", "http://A.com:80/x/y?q#f", "https://a.com?x=1", "https://a.com#frag",
+    "HTTPS://a.com/P", "https://u:p@a.com/x", "https://a.com/%20x", "https://a.com/x;p?q", "ftp://a.com/x",
+    "/relative/x?y", "https://[::1]:8080/p", "https://a.com/ü", "https://a.com/\tx", "https://a.com//double",
+    "https:///nohost/p", "http:/x", "https://a.com/a b", "https://[::1/p", "", "mailto:x@y.z", "https://a.com/\x7f",
+])
+def test_path_of_fast_path_agrees_with_urlsplit(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        expected = parts.path or ("/" if parts.netloc else None) if url else None
+    except ValueError:
+        expected = None
+    assert path_of(url) == expected
+
+
+def test_properties_nested_past_the_limit_are_rejected_and_brackets_in_strings_are_not_nesting() -> None:
+    deep: dict[str, object] = {"v": 1}
+    for _ in range(MAX_DEPTH):
+        deep = {"d": deep}
+    shallow_with_brackets = {"text": "{[{[{[{[{[{[ not nesting ]}]}]}]}]}]}"}
+    info = RequestInfo("", "127.0.0.1", None, NOW_MS, b"s" * 32)
+    with pytest.raises(ApiError) as raised:
+        parse_events(parse_body(orjson.dumps({"shopId": "s", "sessionId": "x", "eventType": "e",
+                                              "properties": deep})), info)
+    assert raised.value.details == [{"field": "properties", "message": f"is nested more than {MAX_DEPTH} levels deep"}]
+    event = parse_events(parse_body(orjson.dumps({"shopId": "s", "sessionId": "x", "eventType": "e",
+                                                  "properties": shallow_with_brackets})), info)[0]
+    assert orjson.loads(event.properties) == shallow_with_brackets
