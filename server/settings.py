@@ -50,6 +50,9 @@ class Settings:
     access_log: bool = False
     # FULL fsyncs the WAL on every group commit, so an acknowledged event also survives power loss.
     sqlite_synchronous: str = "FULL"
+    # Chat requests per shop per minute, and LLM tokens (input + output) per shop per UTC day.
+    chat_rate_per_minute: int = 20
+    chat_daily_tokens: int = 200_000
 
     @property
     def data_dir(self) -> Path:
@@ -179,4 +182,6 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         sqlite_synchronous=synchronous,
         duckdb_memory_limit=memory,
         access_log=_flag(env, "FLOWTEL_ACCESS_LOG", False),
+        chat_rate_per_minute=_int(env, "FLOWTEL_CHAT_RATE", defaults.chat_rate_per_minute, 1, 100_000),
+        chat_daily_tokens=_int(env, "FLOWTEL_CHAT_DAILY_TOKENS", defaults.chat_daily_tokens, 0, 1_000_000_000),
     )
