@@ -10,14 +10,15 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from analytics.llm import make_llm
 from analytics.mirror import Mirror
 from analytics.warehouse import Warehouse
 from server.auth import auth_middleware, resolve_admin_token
 from server.errors import error_middleware
 from server.events import MAX_BODY_BYTES
-from server.keys import ADMIN_TOKEN, CLOCK, MIRROR, SETTINGS, STORE, TELEMETRY, WAREHOUSE
+from server.keys import ADMIN_TOKEN, CLOCK, LLM_CLIENT, MIRROR, SETTINGS, STORE, TELEMETRY, WAREHOUSE
 from server.routes import setup_routes
-from server.settings import Settings
+from server.settings import Settings, llm_config
 from server.store import Store
 from server.telemetry import Telemetry, make_telemetry_middleware
 
@@ -103,6 +104,17 @@ async def admin_token_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The LLM adapter (None without a provider); its HTTP connections are closed at shutdown."""
+    llm = make_llm(llm_config(app[SETTINGS]))
+    app[LLM_CLIENT] = llm
+    if llm is not None:
+        log.info("LLM provider %s, model %s", llm.provider, llm.model)
+    yield
+    if llm is not None:
+        await llm.close()
+
+
 def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) -> web.Application:
     telemetry = Telemetry()
     app = web.Application(
@@ -119,5 +131,6 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
     app.cleanup_ctx.append(analytics_ctx)
     app.cleanup_ctx.append(telemetry_ctx)
     app.cleanup_ctx.append(admin_token_ctx)
+    app.cleanup_ctx.append(llm_ctx)
     setup_routes(app, settings)
     return app
