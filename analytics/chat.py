@@ -264,7 +264,9 @@ async def _loop(llm: LLM, question: str, history: list[tuple[str, str]], run_sql
     stop_reason: str | None = None
     while final is None:
         allow_tools = calls < MAX_TOOL_CALLS and stop_reason is None
-        completion = await llm.complete(system, messages, TOOLS if allow_tools else None, max_tokens=1024)
+        # Tools stay declared even when no more calls are allowed: Anthropic refuses a history with tool_use blocks
+        # but no tools; the model is told in words instead, and a further call ends the loop.
+        completion = await llm.complete(system, messages, TOOLS, max_tokens=1024)
         out.input_tokens += completion.usage.input_tokens
         out.output_tokens += completion.usage.output_tokens
         if completion.model:
