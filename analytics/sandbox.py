@@ -291,9 +291,14 @@ def jsonable(value: Any, string_limit: int | None = None) -> Any:
 
 def copy_shop_rows(conn: duckdb.DuckDBPyConnection, shop_id: str) -> pa.Table:
     """One shop's warehouse rows, without the shop column (runs on the warehouse thread)."""
-    relation = conn.sql(COPY_SHOP_ROWS, params={"shop": shop_id})
-    assert relation is not None
-    table: pa.Table = relation.to_arrow_table()
+    # Its own cursor: the shared connection may hold another caller's unread execute() result.
+    cursor = conn.cursor()
+    try:
+        relation = cursor.sql(COPY_SHOP_ROWS, params={"shop": shop_id})
+        assert relation is not None
+        table: pa.Table = relation.to_arrow_table()
+    finally:
+        cursor.close()
     return table
 
 
