@@ -176,7 +176,7 @@ async def test_builtin_declines_other_questions_with_examples(builtin: TestClien
     resp = await builtin.post("/api/chat", json={"shopId": "alpha", "message": "Which products did mobile visitors "
                                                  "from the spring campaign buy?"}, headers=admin)
     error = await assert_error(resp, 503, "llm_unavailable")
-    assert error["details"] and all("example" in d for d in error["details"])
+    assert error["details"] and all(d["field"] == "message" and d["message"] for d in error["details"])
     # Nothing stored for a failed request: the conversation list stays empty.
     body = await ask(builtin, admin, "sessions last 7 days")
     history = await (await builtin.get(f"/api/chat/{body['conversationId']}", headers=admin)).json()
@@ -419,3 +419,17 @@ async def test_daily_token_budget(make_client: ClientFactory, admin: dict[str, s
     clock.advance(86_400_000)
     fake_llm.play(Reply(text="Hello again."))
     await ask(client, admin, "again")
+
+
+async def test_answers_match_the_openapi_document(builtin: TestClient, admin: dict[str, str]) -> None:
+    from tests.test_openapi import conforms, fetch_doc
+
+    doc = await fetch_doc(builtin)
+    resp = await builtin.post("/api/chat", json={"shopId": "alpha", "message": "top pages last 7 days"},
+                              headers=admin)
+    answer = await conforms(doc, resp, "/api/chat", "POST")
+    resp = await builtin.get(f"/api/chat/{answer['conversationId']}", headers=admin)
+    await conforms(doc, resp, "/api/chat/{conversationId}", "GET")
+    resp = await builtin.post("/api/chat", json={"shopId": "alpha", "message": "tell me a joke"}, headers=admin)
+    assert resp.status == 503
+    await conforms(doc, resp, "/api/chat", "POST")

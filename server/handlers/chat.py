@@ -41,7 +41,7 @@ def _llm_unavailable() -> ApiError:
         503, "llm_unavailable",
         "No LLM is configured, and the built-in answers do not cover this question. Ask one of the examples, or set "
         "OPENAI_API_KEY or ANTHROPIC_API_KEY (see docs/chat.md).",
-        [{"example": example} for example in EXAMPLES], headers={"Retry-After": "3600"})
+        [{"field": "message", "message": example} for example in EXAMPLES], headers={"Retry-After": "3600"})
 
 
 def _llm_upstream(reason: str) -> ApiError:
