@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -31,6 +31,7 @@ EXAMPLES = (
     "Compare this week with the previous period",
     "Top products last month",
     "Revenue last 30 days",
+    "Top pages of all time",
 )
 
 # Longest phrases first, so "page views" wins over "views".
@@ -94,6 +95,8 @@ def parse_period(text: str, now: datetime, tz: ZoneInfo) -> Period:
         if phrase in text:
             start, end = period_range(period, now, tz)
             return Period(start, end, label)
+    if re.search(r"\b(all time|ever|so far)\b", text):
+        return Period(local_midnight(date(2000, 1, 1), tz), local_midnight(tomorrow, tz), "all time")
     if re.search(r"\b(this|last|past)\s+week\b", text):
         return days(7, "the last 7 days")
     if re.search(r"\b(last|past)\s+quarter\b|\b90\s+days\b", text):
