@@ -10,15 +10,31 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from analytics.llm import make_llm
 from analytics.mirror import Mirror
+from analytics.sandbox import SandboxCache
 from analytics.warehouse import Warehouse
 from server.auth import auth_middleware, resolve_admin_token
 from server.errors import error_middleware
 from server.events import MAX_BODY_BYTES
-from server.keys import ADMIN_TOKEN, CLOCK, LIMITS, MIRROR, SETTINGS, SHOPS, STORE, TELEMETRY, WAREHOUSE
+from server.keys import (
+    ADMIN_TOKEN,
+    CHAT_LIMITER,
+    CLOCK,
+    LIMITS,
+    LLM_CLIENT,
+    MIRROR,
+    SANDBOXES,
+    SETTINGS,
+    SHOPS,
+    STORE,
+    TELEMETRY,
+    WAREHOUSE,
+)
 from server.limits import Limits
+from server.ratelimit import SlidingWindowLimiter
 from server.routes import setup_routes
-from server.settings import RATE_BURST_SECONDS, Settings
+from server.settings import RATE_BURST_SECONDS, Settings, llm_config
 from server.shops import ShopRegistry
 from server.store import Store
 from server.telemetry import Telemetry, make_telemetry_middleware
@@ -108,6 +124,25 @@ async def admin_token_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The LLM adapter (None without a provider); its HTTP connections are closed at shutdown."""
+    llm = make_llm(llm_config(app[SETTINGS]))
+    app[LLM_CLIENT] = llm
+    if llm is not None:
+        log.info("LLM provider %s, model %s", llm.provider, llm.model)
+    yield
+    if llm is not None:
+        await llm.close()
+
+
+async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Chat's per-process state: the sandboxes per shop and the per-shop request limiter."""
+    app[SANDBOXES] = SandboxCache()
+    app[CHAT_LIMITER] = SlidingWindowLimiter(app[SETTINGS].chat_rate_per_minute, 60_000)
+    yield
+    app[SANDBOXES].close()
+
+
 def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) -> web.Application:
     telemetry = Telemetry()
     app = web.Application(
@@ -128,5 +163,7 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
     app.cleanup_ctx.append(analytics_ctx)
     app.cleanup_ctx.append(telemetry_ctx)
     app.cleanup_ctx.append(admin_token_ctx)
+    app.cleanup_ctx.append(llm_ctx)
+    app.cleanup_ctx.append(chat_ctx)
     setup_routes(app, settings)
     return app

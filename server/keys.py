@@ -7,9 +7,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from analytics.llm import LLM
 from analytics.mirror import Mirror
+from analytics.sandbox import SandboxCache
 from analytics.warehouse import Warehouse
 from server.limits import Limits
+from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
 from server.shops import ShopRegistry
 from server.store import Store
@@ -26,6 +29,8 @@ LIMITS = web.AppKey("limits", Limits)
 # Injected clock: epoch milliseconds. Tests pin it; production uses the wall clock.
 Clock = Callable[[], int]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+# The configured LLM adapter, or None when no provider is configured (insights use templates, chat answers 503).
+LLM_CLIENT: web.AppKey[LLM | None] = web.AppKey("llm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +47,6 @@ class Principal:
 
 ADMIN = Principal(shop_id=None, token_id=None)
 PRINCIPAL = web.RequestKey("principal", Principal)
+# Chat: sandboxes per shop (analytics/sandbox.py) and the per-shop request limiter.
+SANDBOXES = web.AppKey("sandboxes", SandboxCache)
+CHAT_LIMITER = web.AppKey("chat_limiter", SlidingWindowLimiter)

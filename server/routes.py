@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp_cors
 from aiohttp import web
 
-from server.handlers import events, health, ingest, shops, stats, tokens
+from server.handlers import chat, events, health, ingest, shops, stats, tokens
 from server.settings import Settings
 
 INGEST_MAX_AGE = 86400  # browsers cache the ingestion preflight for a day
@@ -50,6 +50,8 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         ("/api/shops", "POST", shops.post_shop, dashboards),
         ("/api/shops/{id}", "GET", shops.get_shop, dashboards),
         ("/api/shops/{id}", "PATCH", shops.patch_shop, dashboards),
+        ("/api/chat", "POST", chat.post_chat, dashboards),
+        ("/api/chat/{conversationId}", "GET", chat.get_chat, dashboards),
     ]
     resources: dict[str, web.Resource] = {}
     for path, method, handler, policy in table:

@@ -8,6 +8,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from analytics.llm import LLMConfig
+
 DEFAULT_CORS_ORIGINS = (
     "http://localhost:3000",
     "http://localhost:5173",
@@ -21,6 +23,9 @@ _TRUE = ("1", "true", "yes", "on")
 # A bucket holds this many seconds of its rate, so short bursts (a page load's batch, a dashboard's refresh) pass.
 RATE_BURST_SECONDS = 10
 _FALSE = ("0", "false", "no", "off")
+DEFAULT_INSIGHTS_HOUR = 4
+# One retry for a rate limit or a 5xx: insights fall back to templates anyway, and a request should not hang on it.
+LLM_MAX_RETRIES = 1
 
 
 class SettingsError(ValueError):
@@ -63,6 +68,14 @@ class Settings:
     max_concurrent_queries: int = 4
     # Seconds a client may take to send its request body.
     body_timeout: float = 10.0
+    # Seconds one LLM request may take (the SDKs' timeout); after it insights keep their template text.
+    llm_timeout: float = 20.0
+    # UTC hour of the daily insights run, or None for no background run (the default here, so tests and embedded
+    # uses stay quiet; load_settings turns it on at 04:00 unless FLOWTEL_INSIGHTS_HOUR=off).
+    insights_hour: int | None = None
+    # Chat requests per shop per minute, and LLM tokens (input + output) per shop per UTC day.
+    chat_rate_per_minute: int = 20
+    chat_daily_tokens: int = 200_000
 
     @property
     def data_dir(self) -> Path:
@@ -123,6 +136,11 @@ def _rate(env: Mapping[str, str], name: str, default: float) -> float:
     if not 0 <= value <= 1e9 or math.isnan(value):
         raise SettingsError(f"{name}={raw!r} is out of range: set a rate per second from 0 (no limit) upwards.")
     return value
+def _hour_or_off(env: Mapping[str, str], name: str, default: int) -> int | None:
+    raw = _nonempty(env, name)
+    if raw is not None and raw.lower() in _FALSE:
+        return None
+    return _int(env, name, default, 0, 23)
 
 
 def _sqlite_path(raw: str) -> Path:
@@ -212,4 +230,19 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         rate_limit_read=_rate(env, "FLOWTEL_RATE_LIMIT_READ", defaults.rate_limit_read),
         max_concurrent_queries=_int(env, "FLOWTEL_MAX_CONCURRENT_QUERIES", defaults.max_concurrent_queries, 1, 256),
         body_timeout=_positive_float(env, "FLOWTEL_BODY_TIMEOUT", defaults.body_timeout),
+        llm_timeout=_positive_float(env, "FLOWTEL_LLM_TIMEOUT", defaults.llm_timeout),
+        insights_hour=_hour_or_off(env, "FLOWTEL_INSIGHTS_HOUR", DEFAULT_INSIGHTS_HOUR),
+        chat_rate_per_minute=_int(env, "FLOWTEL_CHAT_RATE", defaults.chat_rate_per_minute, 1, 100_000),
+        chat_daily_tokens=_int(env, "FLOWTEL_CHAT_DAILY_TOKENS", defaults.chat_daily_tokens, 0, 1_000_000_000),
     )
+
+
+def llm_config(settings: Settings) -> LLMConfig:
+    """The LLM layer's configuration from Settings: the chosen provider's key, base URL and model."""
+    if settings.llm_provider == "openai":
+        return LLMConfig("openai", settings.openai_api_key, settings.openai_base_url, settings.openai_model,
+                         timeout_s=settings.llm_timeout, max_retries=LLM_MAX_RETRIES)
+    if settings.llm_provider == "anthropic":
+        return LLMConfig("anthropic", settings.anthropic_api_key, settings.anthropic_base_url,
+                         settings.anthropic_model, timeout_s=settings.llm_timeout, max_retries=LLM_MAX_RETRIES)
+    return LLMConfig("none")
