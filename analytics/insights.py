@@ -394,7 +394,7 @@ def daily_series(conn: duckdb.DuckDBPyConnection, shop_id: str, day: date, timez
     """The shop's daily values up to `day`, zero-filled from its first event within HISTORY_DAYS."""
     first = day - timedelta(days=HISTORY_DAYS - 1)
     sql = build_query_sql(DAILY_QUERY, _scope(shop_id, first, day, timezone))
-    rows = {row[0]: row[1:] for row in _run(conn, sql)}
+    rows = {row[0]: row[1:1 + len(SERIES_METRICS)] for row in _run(conn, sql)}
     start = min((date.fromisoformat(d) for d in rows), default=day)
     days = tuple(start + timedelta(days=i) for i in range((day - start).days + 1))
     counts: dict[str, list[float]] = {name: [] for name in (*COUNT_METRICS, "conversions")}
