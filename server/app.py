@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -17,6 +18,7 @@ from analytics.warehouse import Warehouse
 from server.auth import auth_middleware, resolve_admin_token
 from server.errors import error_middleware
 from server.events import MAX_BODY_BYTES
+from server.insights import generate_for_active_shops, seconds_until
 from server.keys import (
     ADMIN_TOKEN,
     CHAT_LIMITER,
@@ -143,6 +145,29 @@ async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SANDBOXES].close()
 
 
+async def _daily_insights_loop(app: web.Application, hour: int) -> None:
+    while True:
+        now = datetime.fromtimestamp(app[CLOCK]() / 1000, UTC)
+        await asyncio.sleep(seconds_until(hour, now))
+        try:
+            written = await generate_for_active_shops(app[STORE], app[WAREHOUSE], app[MIRROR], app[LLM_CLIENT],
+                                                      app[CLOCK]())
+            log.info("daily insights: %d shops, %d insights", len(written), sum(written.values()))
+        except Exception:
+            log.exception("daily insights failed; next run in a day")
+
+
+async def insights_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The daily insights job (FLOWTEL_INSIGHTS_HOUR, UTC), when configured."""
+    hour = app[SETTINGS].insights_hour
+    task = None if hour is None else asyncio.create_task(_daily_insights_loop(app, hour), name="flowtel-insights")
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) -> web.Application:
     telemetry = Telemetry()
     app = web.Application(
@@ -165,5 +190,6 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
     app.cleanup_ctx.append(admin_token_ctx)
     app.cleanup_ctx.append(llm_ctx)
     app.cleanup_ctx.append(chat_ctx)
+    app.cleanup_ctx.append(insights_ctx)
     setup_routes(app, settings)
     return app

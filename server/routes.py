@@ -6,6 +6,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from server.handlers import chat, events, health, ingest, shops, stats, tokens
+from server.handlers import insights as insights_handlers
 from server.settings import Settings
 
 INGEST_MAX_AGE = 86400  # browsers cache the ingestion preflight for a day
@@ -52,6 +53,8 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         ("/api/shops/{id}", "PATCH", shops.patch_shop, dashboards),
         ("/api/chat", "POST", chat.post_chat, dashboards),
         ("/api/chat/{conversationId}", "GET", chat.get_chat, dashboards),
+        ("/api/insights", "GET", insights_handlers.list_insights_route, dashboards),
+        ("/api/insights/generate", "POST", insights_handlers.post_generate, dashboards),
     ]
     resources: dict[str, web.Resource] = {}
     for path, method, handler, policy in table:
