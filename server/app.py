@@ -16,6 +16,7 @@ from server.auth import auth_middleware, resolve_admin_token
 from server.errors import error_middleware
 from server.events import MAX_BODY_BYTES
 from server.keys import ADMIN_TOKEN, CLOCK, MIRROR, SETTINGS, STORE, TELEMETRY, WAREHOUSE
+from server.retention import retention_ctx
 from server.routes import setup_routes
 from server.settings import Settings
 from server.store import Store
@@ -119,5 +120,6 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
     app.cleanup_ctx.append(analytics_ctx)
     app.cleanup_ctx.append(telemetry_ctx)
     app.cleanup_ctx.append(admin_token_ctx)
+    app.cleanup_ctx.append(retention_ctx)
     setup_routes(app, settings)
     return app

@@ -50,6 +50,8 @@ class Settings:
     access_log: bool = False
     # FULL fsyncs the WAL on every group commit, so an acknowledged event also survives power loss.
     sqlite_synchronous: str = "FULL"
+    # Events older than this many days are purged once a day; None keeps every event forever.
+    retention_days: int | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -179,4 +181,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         sqlite_synchronous=synchronous,
         duckdb_memory_limit=memory,
         access_log=_flag(env, "FLOWTEL_ACCESS_LOG", False),
+        retention_days=_retention_days(env),
     )
+
+
+def _retention_days(env: Mapping[str, str]) -> int | None:
+    if _nonempty(env, "FLOWTEL_RETENTION_DAYS") is None:
+        return None
+    return _int(env, "FLOWTEL_RETENTION_DAYS", 0, 1, 36500)
