@@ -366,3 +366,13 @@ async def test_delete_answers_match_the_openapi_document(make_client: ClientFact
         resp = await client.delete("/api/events", params=params, headers=headers)
         assert resp.status == status
         await conforms(doc, resp, "/api/events", "DELETE")
+
+
+async def test_dashboards_may_send_a_delete_and_shop_pages_may_not(make_client: ClientFactory) -> None:
+    client = await make_client(mirror_interval=3600.0)
+    preflight = {"Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "Authorization"}
+    resp = await client.options("/api/events", headers={"Origin": "http://localhost:3000", **preflight})
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    resp = await client.options("/api/events", headers={"Origin": "https://some-shop.example", **preflight})
+    assert "Access-Control-Allow-Origin" not in resp.headers
