@@ -1,4 +1,5 @@
-"""The mirror: copies SQLite event rows past a watermark into DuckDB, exactly once, via Arrow."""
+"""The mirror: copies SQLite event rows past a watermark into DuckDB, exactly once, via Arrow, and applies SQLite's
+deletion tombstones past a second watermark in the same transaction."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from analytics.source import SqliteSource
 
@@ -59,17 +61,32 @@ FROM (
     FROM mirror_batch
 )
 """
-UPDATE_STATE = "UPDATE mirror_state SET watermark = ?, last_sync_at = now() WHERE id = 1"
-SELECT_STATE = "SELECT watermark, epoch_ms(last_sync_at) FROM mirror_state WHERE id = 1"
+UPDATE_STATE = "UPDATE mirror_state SET watermark = ?, delete_watermark = ?, last_sync_at = now() WHERE id = 1"
+SELECT_STATE = "SELECT watermark, epoch_ms(last_sync_at), coalesce(delete_watermark, 0) FROM mirror_state WHERE id = 1"
+APPLY_TOMBSTONES = "DELETE FROM events WHERE seq IN (SELECT event_seq FROM mirror_tombstones)"
+RESET_MIRROR = ["DELETE FROM events", "UPDATE mirror_state SET watermark = 0, delete_watermark = 0 WHERE id = 1"]
+
+# SQLite side. The AUTOINCREMENT high-water marks never go down, even when the newest rows are deleted; only a
+# restored (older) store has lower ones than the mirror's watermarks.
+SELECT_TOMBSTONES = "SELECT seq, event_seq FROM deletions WHERE seq > ? ORDER BY seq LIMIT ?"
+SELECT_TOMBSTONE_MAX = "SELECT coalesce(max(seq), 0) FROM deletions"
+SELECT_HIGH_WATER = """
+SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+       coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deletions'), 0)
+"""
 
 
 @dataclass
 class MirrorStatus:
     watermark: int = 0
+    delete_watermark: int = 0
     source_max: int = 0
     last_sync_ms: int | None = None
     last_duration_s: float = 0.0
     rows_copied: int = 0
+    rows_deleted: int = 0
+    # True when the last pass left tombstones for the next one (it applied a full batch).
+    tombstones_pending: bool = False
 
     @property
     def lag_events(self) -> int:
@@ -96,6 +113,7 @@ class Mirror:
         assert row is not None
         self.status.watermark = int(row[0])
         self.status.last_sync_ms = int(row[1]) if row[1] is not None else None
+        self.status.delete_watermark = int(row[2])
         return self.status
 
     def source_max(self) -> int:
@@ -103,31 +121,74 @@ class Mirror:
         return self.status.source_max
 
     def sync_once(self, conn: duckdb.DuckDBPyConnection) -> int:
-        """Copy one batch past the watermark; rows and watermark commit in one transaction. Returns rows copied."""
-        watermark = self.load_state(conn).watermark
+        """Copy one batch past the watermark and apply one batch of tombstones past the delete watermark; rows,
+        deletions and both watermarks commit in one transaction. Returns rows copied.
+
+        Rows are read before tombstones, and inserted before tombstones are applied: a row deleted after it was
+        read has its tombstone read now or in a later pass, and a tombstone read now names only rows that were
+        already gone when any later batch is read. So DuckDB ends up with exactly SQLite's rows.
+        """
+        state = self.load_state(conn)
+        self._check_source(conn)
+        watermark, delete_watermark = state.watermark, state.delete_watermark
+        if watermark == 0 and delete_watermark == 0:
+            # An empty mirror: tombstones committed before the first rows are read name rows it will never see.
+            delete_watermark = int(self.source.query(SELECT_TOMBSTONE_MAX)[0][0])
         backlog = self.source_max() - watermark
-        if backlog <= 0:
+        batch = self.source.read_batch(watermark, self.batch_rows, backlog=backlog) if backlog > 0 else None
+        rows = batch.num_rows if batch is not None else 0
+        tombstones = self.source.query(SELECT_TOMBSTONES, (delete_watermark, self.batch_rows))
+        self.status.tombstones_pending = len(tombstones) == self.batch_rows
+        if rows == 0 and not tombstones and delete_watermark == state.delete_watermark:
             return 0
-        batch = self.source.read_batch(watermark, self.batch_rows, backlog=backlog)
-        if batch.num_rows == 0:
-            return 0
-        new_watermark = int(batch.column("seq")[-1].as_py())
+        new_watermark = int(batch.column("seq")[-1].as_py()) if batch is not None and rows else watermark
+        new_delete_watermark = int(tombstones[-1][0]) if tombstones else delete_watermark
+        deleted = 0
         conn.begin()
         try:
-            conn.register("mirror_batch", batch)
-            conn.execute(INSERT_BATCH)
+            if batch is not None and rows:
+                conn.register("mirror_batch", batch)
+                conn.execute(INSERT_BATCH)
+            if tombstones:
+                seqs = pa.table({"event_seq": pa.array([t[1] for t in tombstones], pa.int64())})
+                conn.register("mirror_tombstones", seqs)
+                deleted = _changed(conn.execute(APPLY_TOMBSTONES))
             if self.before_commit is not None:
-                self.before_commit(batch.num_rows)
-            conn.execute(UPDATE_STATE, (new_watermark,))
+                self.before_commit(rows)
+            conn.execute(UPDATE_STATE, (new_watermark, new_delete_watermark))
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
         finally:
-            conn.unregister("mirror_batch")
+            if batch is not None and rows:
+                conn.unregister("mirror_batch")
+            if tombstones:
+                conn.unregister("mirror_tombstones")
         self.status.watermark = new_watermark
-        self.status.rows_copied += batch.num_rows
-        return batch.num_rows
+        self.status.delete_watermark = new_delete_watermark
+        self.status.rows_copied += rows
+        self.status.rows_deleted += deleted
+        return rows
+
+    def _check_source(self, conn: duckdb.DuckDBPyConnection) -> None:
+        """Start over when SQLite is behind the mirror (a restored backup): the mirror must never show rows SQLite
+        no longer has, nor skip the rows that reuse seqs it has already seen."""
+        events_high, deletions_high = (int(v) for v in self.source.query(SELECT_HIGH_WATER)[0])
+        if events_high >= self.status.watermark and deletions_high >= self.status.delete_watermark:
+            return
+        log.warning("the SQLite store is older than the mirror (events %d < %d or deletions %d < %d): "
+                    "re-mirroring from scratch", events_high, self.status.watermark, deletions_high,
+                    self.status.delete_watermark)
+        conn.begin()
+        try:
+            for statement in RESET_MIRROR:
+                conn.execute(statement)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        self.load_state(conn)
 
     def catch_up(self, conn: duckdb.DuckDBPyConnection, max_rows: int | None = None) -> int:
         """Copy batches until the mirror holds every committed row (or max_rows were copied)."""
@@ -136,7 +197,7 @@ class Mirror:
         while max_rows is None or copied < max_rows:
             n = self.sync_once(conn)
             copied += n
-            if n < self.batch_rows:
+            if n < self.batch_rows and not self.status.tombstones_pending:
                 break
         self.source_max()
         self.load_state(conn)
@@ -144,3 +205,9 @@ class Mirror:
         if copied:
             log.debug("mirrored %d rows in %.3fs", copied, self.status.last_duration_s)
         return copied
+
+
+def _changed(cursor: duckdb.DuckDBPyConnection) -> int:
+    # DuckDB answers a DELETE with one row holding the number of rows it removed.
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0

@@ -48,7 +48,7 @@ def _remove(paths: list[Path]) -> None:
             path.unlink()
 
 
-def _hold_existing(path: Path) -> duckdb.DuckDBPyConnection | None:
+def hold_existing(path: Path) -> duckdb.DuckDBPyConnection | None:
     """Open the current file read-write: proves no server holds it, and keeps one from starting meanwhile.
 
     A file that cannot be opened for another reason (damaged, another DuckDB version) is what a rebuild is for,
@@ -104,7 +104,7 @@ def rebuild_warehouse(sqlite_path: Path, duckdb_path: Path, *, memory_limit: str
     if not sqlite_path.exists():
         raise StoreMissing(f"there is no SQLite store at {sqlite_path}")
     started = time.perf_counter()
-    guard = _hold_existing(duckdb_path)
+    guard = hold_existing(duckdb_path)
     target = duckdb_path.with_name(duckdb_path.name + ".rebuild")
     try:
         _remove(_sidecars(target))  # a stale build from an interrupted run
@@ -118,7 +118,7 @@ def rebuild_warehouse(sqlite_path: Path, duckdb_path: Path, *, memory_limit: str
                 while True:
                     copied = warehouse.call(mirror.sync_once)
                     bar.update(copied)
-                    if copied < batch_rows:
+                    if copied < batch_rows and not mirror.status.tombstones_pending:
                         break
             rows = warehouse.call(_cluster)
         finally:

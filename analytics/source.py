@@ -76,6 +76,10 @@ class SqliteSource:
         row = self._sqlite().execute(SELECT_MAX_SEQ).fetchone()
         return int(row[0]) if row else 0
 
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a small read-only query on the same connection (tombstones, high-water marks)."""
+        return list(self._sqlite().execute(sql, params).fetchall())
+
     def read_batch(self, after: int, limit: int, *, backlog: int | None = None) -> pa.Table:
         """Rows with seq > after, in seq order, at most limit. A large backlog is read by the ADBC child."""
         if backlog is not None and backlog >= self.bulk_rows:

@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS mirror_state (
     watermark BIGINT NOT NULL,
     last_sync_at TIMESTAMPTZ
 );
-INSERT INTO mirror_state VALUES (1, 0, NULL) ON CONFLICT DO NOTHING;
+-- The last SQLite tombstone (deletions.seq) applied; added after the first release, hence the ALTER.
+ALTER TABLE mirror_state ADD COLUMN IF NOT EXISTS delete_watermark BIGINT DEFAULT 0;
+INSERT INTO mirror_state (id, watermark, last_sync_at) VALUES (1, 0, NULL) ON CONFLICT DO NOTHING;
 """
 
 

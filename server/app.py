@@ -35,6 +35,7 @@ from server.keys import (
 )
 from server.limits import Limits
 from server.ratelimit import SlidingWindowLimiter
+from server.retention import retention_ctx
 from server.routes import setup_routes
 from server.settings import RATE_BURST_SECONDS, Settings, llm_config
 from server.shops import ShopRegistry
@@ -191,5 +192,6 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
     app.cleanup_ctx.append(llm_ctx)
     app.cleanup_ctx.append(chat_ctx)
     app.cleanup_ctx.append(insights_ctx)
+    app.cleanup_ctx.append(retention_ctx)
     setup_routes(app, settings)
     return app

@@ -278,6 +278,40 @@ def chat(args: argparse.Namespace) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
+def backup(args: argparse.Namespace) -> None:
+    from analytics.export import StoreMissing
+    from server.backup import BackupError, backup_store
+
+    settings = _settings()
+    dest = Path(args.dest)
+    print(f"Backing up {settings.database_path} to {dest} ...", flush=True)
+    try:
+        result = backup_store(settings.database_path, dest)
+    except StoreMissing as exc:
+        _fail(f"{exc}: nothing to back up (set DATABASE_URL to your store).")
+    except BackupError as exc:
+        _fail(str(exc))
+    print(f"Backed up {result.events:,} events ({result.pages:,} pages, up to seq {result.max_seq:,}) to "
+          f"{result.path} in {result.seconds:.1f} s.")
+
+
+def restore(args: argparse.Namespace) -> None:
+    from analytics.export import WarehouseLocked
+    from server.backup import BackupError, restore_store
+
+    settings = _settings()
+    print(f"Restoring {settings.database_path} from {args.src} ...", flush=True)
+    try:
+        result = restore_store(Path(args.src), settings.database_path, settings.duckdb_path,
+                               memory_limit=settings.duckdb_memory_limit)
+    except BackupError as exc:
+        _fail(f"{exc}; nothing was changed.")
+    except WarehouseLocked as exc:
+        _fail(f"{exc}.\n  Stop the server first: a restore replaces the store under it; nothing was changed.")
+    print(f"Restored {result.events:,} events into {result.path} (the replaced store is kept as "
+          f"{result.path.name}.pre-restore) and rebuilt {settings.duckdb_path} in {result.seconds:.1f} s.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowtel", description="Flowtel analytics server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -337,6 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_insights.add_argument("--date", help="local day to analyse (YYYY-MM-DD; default: yesterday)")
     p_insights.add_argument("--timezone", default="UTC", help="IANA timezone of the shop's days (default UTC)")
     p_insights.set_defaults(func=insights)
+
+    p_backup = commands.add_parser("backup", help="a consistent snapshot of the SQLite store (server may run)")
+    p_backup.add_argument("dest", help="the backup file to write (must not exist)")
+    p_backup.set_defaults(func=backup)
+
+    p_restore = commands.add_parser("restore", help="replace the SQLite store with a backup (server stopped)")
+    p_restore.add_argument("src", help="a file written by flowtel backup")
+    p_restore.set_defaults(func=restore)
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp_cors
 from aiohttp import web
 
-from server.handlers import chat, events, health, ingest, shops, stats, tokens
+from server.handlers import chat, deletion, events, health, ingest, shops, stats, tokens
 from server.handlers import insights as insights_handlers
 from server.settings import Settings
 
@@ -55,6 +55,7 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         ("/api/chat/{conversationId}", "GET", chat.get_chat, dashboards),
         ("/api/insights", "GET", insights_handlers.list_insights_route, dashboards),
         ("/api/insights/generate", "POST", insights_handlers.post_generate, dashboards),
+        ("/api/events", "DELETE", deletion.delete_events, dashboards),
     ]
     resources: dict[str, web.Resource] = {}
     for path, method, handler, policy in table:

@@ -76,6 +76,8 @@ class Settings:
     # Chat requests per shop per minute, and LLM tokens (input + output) per shop per UTC day.
     chat_rate_per_minute: int = 20
     chat_daily_tokens: int = 200_000
+    # Events older than this many days are purged once a day; None keeps every event forever.
+    retention_days: int | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -234,6 +236,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         insights_hour=_hour_or_off(env, "FLOWTEL_INSIGHTS_HOUR", DEFAULT_INSIGHTS_HOUR),
         chat_rate_per_minute=_int(env, "FLOWTEL_CHAT_RATE", defaults.chat_rate_per_minute, 1, 100_000),
         chat_daily_tokens=_int(env, "FLOWTEL_CHAT_DAILY_TOKENS", defaults.chat_daily_tokens, 0, 1_000_000_000),
+        retention_days=_retention_days(env),
     )
 
 
@@ -246,3 +249,9 @@ def llm_config(settings: Settings) -> LLMConfig:
         return LLMConfig("anthropic", settings.anthropic_api_key, settings.anthropic_base_url,
                          settings.anthropic_model, timeout_s=settings.llm_timeout, max_retries=LLM_MAX_RETRIES)
     return LLMConfig("none")
+
+
+def _retention_days(env: Mapping[str, str]) -> int | None:
+    if _nonempty(env, "FLOWTEL_RETENTION_DAYS") is None:
+        return None
+    return _int(env, "FLOWTEL_RETENTION_DAYS", 0, 1, 36500)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -112,6 +113,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX IF NOT EXISTS messages_conversation ON messages(conversation_id, created_at);
     CREATE INDEX IF NOT EXISTS messages_shop_time ON messages(shop_id, created_at);
     """,
+    # Deletions. Every deleted event leaves a tombstone whose own seq is the mirror's delete watermark, so the
+    # DuckDB mirror removes exactly the rows SQLite removed. write_probe is a scratch table the health check
+    # writes into (and rolls back) to learn whether the store can take writes again.
+    """
+    CREATE TABLE IF NOT EXISTS deletions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_seq INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS write_probe (data BLOB);
+    """,
 )
 
 INSERT_EVENT = """
@@ -140,6 +151,32 @@ SELECT_EVENT_BY_ID = f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?"
 # Upper bound of events committed in one transaction; bigger groups only add latency.
 MAX_GROUP_EVENTS = 5000
 
+# Deletion: the matching seqs are found on a read connection of its own (the scan can be long), then removed by the
+# writer in chunks, each chunk its own short transaction, so ingestion groups run between the chunks.
+SELECT_SEQS_OF_SHOP = "SELECT seq FROM events WHERE shop_id = ?"
+SELECT_SEQS_BEFORE = "SELECT seq FROM events WHERE timestamp < ?"
+# Events by id or session; with the visitor flag also every event sharing a visitor hash with those.
+SELECT_SEQS_MATCHING = """
+SELECT seq FROM events
+WHERE shop_id = :shop AND (
+    id IN (SELECT value FROM json_each(:ids))
+    OR session_id IN (SELECT value FROM json_each(:sessions))
+    OR (:visitors AND visitor_hash IN (
+        SELECT visitor_hash FROM events
+        WHERE shop_id = :shop AND (id IN (SELECT value FROM json_each(:ids))
+                                   OR session_id IN (SELECT value FROM json_each(:sessions)))))
+)
+"""
+# Tombstones first, only for rows still there (another delete may have taken some since the scan).
+INSERT_TOMBSTONES = ("INSERT INTO deletions (event_seq) "
+                     "SELECT seq FROM events WHERE seq IN (SELECT value FROM json_each(?))")
+DELETE_BY_SEQ = "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))"
+# 64 KiB forces new pages (the way an event group would), inside a savepoint that is always rolled back.
+PROBE_WRITE = ("SAVEPOINT probe", "INSERT INTO write_probe (data) VALUES (zeroblob(65536))", "ROLLBACK TO probe",
+               "RELEASE probe")
+# Rows one writer transaction deletes: small enough that an ingestion group never waits long behind it.
+DELETE_CHUNK = 2000
+
 
 class StoreOverloaded(ApiError):
     """The write queue is full: 503, and the client retries later with the same ids."""
@@ -147,6 +184,20 @@ class StoreOverloaded(ApiError):
     def __init__(self) -> None:
         super().__init__(503, "overloaded", "The server is taking too many writes right now: retry after a second; "
                          "nothing from this request was stored.", headers={"Retry-After": "1"})
+
+
+class StorageUnavailable(ApiError):
+    """SQLite cannot write (disk full, locked, read-only, I/O error): 503, nothing of the request was stored."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(503, "overloaded", f"Storage cannot take writes right now ({cause}): retry later; nothing "
+                         "from this request was stored.", headers={"Retry-After": "5"})
+
+
+def _is_storage_fault(exc: BaseException) -> bool:
+    # OperationalError is SQLite's family for full, locked, busy, read-only and I/O failures; constraint and
+    # programming errors are bugs and stay 500s.
+    return isinstance(exc, sqlite3.OperationalError)
 
 
 class StoreClosed(ApiError):
@@ -215,6 +266,8 @@ class Store:
         self._closing = False
         self._salts: dict[str, bytes] = {}
         self.last_seq = 0
+        # The last write failure that said storage is unusable; cleared by the next successful write or probe.
+        self.fault: str | None = None
 
     @property
     def writer_alive(self) -> bool:
@@ -328,6 +381,38 @@ class Store:
         self._salts = {day: salt}
         return salt
 
+    async def probe(self) -> str | None:
+        """Try a write that needs new pages and roll it back: None when the store takes writes, else the fault."""
+        async def write_scratch(conn: aiosqlite.Connection) -> None:
+            for statement in PROBE_WRITE:
+                await conn.execute(statement)
+
+        try:
+            await self.write(write_scratch)
+        except StorageUnavailable:
+            return self.fault or "storage is unusable"
+        self.fault = None
+        return None
+
+    async def delete_matching(self, select_sql: str, params: tuple[Any, ...] | dict[str, Any],
+                              chunk: int = DELETE_CHUNK) -> int:
+        """Delete the events select_sql (a query of seqs) finds, leaving a tombstone for each; returns how many.
+
+        The scan runs on its own read connection, so it sees one snapshot and holds no pooled reader; the writer
+        then deletes in chunks of its own transactions. Events stored after the scan started are not touched. An
+        interrupted delete may have applied some chunks: repeating it is safe.
+        """
+        deleted = 0
+        scan = await aiosqlite.connect(readonly_uri(self.path), uri=True)
+        try:
+            await scan.execute("PRAGMA busy_timeout = 5000")
+            async with scan.execute(select_sql, params) as cursor:
+                while rows := await cursor.fetchmany(chunk):
+                    deleted += await self.write(functools.partial(_delete_chunk, seqs=[row[0] for row in rows]))
+        finally:
+            await scan.close()
+        return deleted
+
     async def _run_writer(self) -> None:
         stopping = False
         while not stopping:
@@ -394,10 +479,15 @@ class Store:
                 outcomes.append(created)
         except Exception as exc:
             log.error("group commit of %d events failed: %r", count, exc)
+            error: BaseException = exc
+            if _is_storage_fault(exc):
+                self.fault = str(exc)
+                error = StorageUnavailable(exc)
             for job in group:
                 if not job.future.done():
-                    job.future.set_exception(exc)
+                    job.future.set_exception(error)
         else:
+            self.fault = None
             self.stats.ingested += new_rows
             self.stats.duplicates += count - new_rows
             for job, created in zip(group, outcomes, strict=True):
@@ -416,11 +506,22 @@ class Store:
         except Exception as exc:
             with contextlib.suppress(Exception):
                 await conn.rollback()
+            error: BaseException = exc
+            if _is_storage_fault(exc):
+                self.fault = str(exc)
+                error = StorageUnavailable(exc)
             if not call.future.done():
-                call.future.set_exception(exc)
+                call.future.set_exception(error)
         else:
             if not call.future.done():
                 call.future.set_result(result)
+
+
+async def _delete_chunk(conn: aiosqlite.Connection, seqs: list[int]) -> int:
+    payload = orjson.dumps(seqs).decode()
+    await conn.execute(INSERT_TOMBSTONES, (payload,))
+    cursor = await conn.execute(DELETE_BY_SEQ, (payload,))
+    return max(0, cursor.rowcount)
 
 
 def secure_write(path: Path, content: str) -> None:

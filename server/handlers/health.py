@@ -24,6 +24,12 @@ async def healthz(request: web.Request) -> web.Response:
         raise ApiError(503, "overloaded", f"Storage is unusable: {exc}.", headers={"Retry-After": "5"}) from None
     if not store.writer_alive:
         raise ApiError(503, "overloaded", "The storage writer is not running.", headers={"Retry-After": "5"})
+    if store.fault is not None:
+        # A write failed: probe with a real write (rolled back), so health turns 200 as soon as writes work again
+        # even when no client is sending (a load balancer may hold them back while this says 503).
+        fault = await store.probe()
+        if fault is not None:
+            raise ApiError(503, "overloaded", f"Storage cannot take writes: {fault}.", headers={"Retry-After": "5"})
     status = request.app[MIRROR].status
     lag = max(0, int(row[0]) - status.watermark)
     last_sync = format_ms(status.last_sync_ms) if status.last_sync_ms is not None else None
