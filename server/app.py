@@ -176,8 +176,12 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
         # A little above the JSON limit so a gzip body of up to 1 MiB reaches our own, clearer check.
         client_max_size=MAX_BODY_BYTES + 64 * 1024,
         # We inflate gzip ourselves with a hard cap; aiohttp's automatic inflation has none we control.
-        # Explicit header limits: a request line or header over 8 KiB, or more than 100 headers, is refused.
-        handler_args={"auto_decompress": False, "max_line_size": 8190, "max_field_size": 8190, "max_headers": 100},
+        # Explicit limits: a request line over 128 KiB, a header over 8 KiB or more than 100 headers is refused by the
+        # HTTP parser (plain text, before any middleware). The line limit sits above the longest URL the OpenAPI
+        # document allows (50 repeated selectors of 128 characters, percent-encoded), so every valid request reaches
+        # the app and gets the JSON error shape.
+        handler_args={"auto_decompress": False, "max_line_size": 128 * 1024, "max_field_size": 8190,
+                      "max_headers": 100},
     )
     app[SETTINGS] = settings
     app[CLOCK] = clock

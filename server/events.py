@@ -218,6 +218,9 @@ def decode_body(raw: bytes, content_type: str | None, content_encoding: str | No
         raise ApiError(413, "payload_too_large", "The body inflates to more than 1 MiB of JSON: send smaller batches.")
     if not inflater.eof:
         raise ApiError(400, "invalid_json", "The gzip body is truncated: send the whole compressed stream.")
+    if inflater.unused_data:
+        # Bytes after the end of the gzip stream (garbage, or a second gzip member) would be dropped unread.
+        raise ApiError(400, "invalid_json", "The body has data after the end of its gzip stream: send one gzip stream.")
     return data
 
 

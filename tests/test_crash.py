@@ -84,6 +84,7 @@ class ServerProcess:
             # The load comes from one address far above a browser's rate; this test is about durability.
             FLOWTEL_RATE_LIMIT_IP="0",
             FLOWTEL_RATE_LIMIT_SHOP="0",
+            FLOWTEL_RATE_LIMIT_READ="0",
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra_env)

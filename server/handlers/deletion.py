@@ -12,7 +12,7 @@ from server.keys import STORE
 from server.store import SELECT_SEQS_MATCHING, SELECT_SEQS_OF_SHOP
 
 # Values per selector: a query string stays well under aiohttp's 8 KiB request-line limit.
-MAX_SELECTORS = 100
+MAX_SELECTORS = 50
 
 
 _BOOLS = {"true": True, "1": True, "false": False, "0": False}
