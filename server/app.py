@@ -15,11 +15,12 @@ from analytics.warehouse import Warehouse
 from server.auth import auth_middleware, resolve_admin_token
 from server.errors import error_middleware
 from server.events import MAX_BODY_BYTES
-from server.keys import ADMIN_TOKEN, CLOCK, MIRROR, SETTINGS, STORE, TELEMETRY, WAREHOUSE
+from server.keys import ADMIN_TOKEN, CLOCK, MIRROR, SETTINGS, STORE, TELEMETRY, TRACKER, WAREHOUSE
 from server.routes import setup_routes
 from server.settings import Settings
 from server.store import Store
 from server.telemetry import Telemetry, make_telemetry_middleware
+from server.tracker import load_tracker
 
 log = logging.getLogger("flowtel")
 
@@ -115,6 +116,7 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[TELEMETRY] = telemetry
+    app[TRACKER] = load_tracker()
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(analytics_ctx)
     app.cleanup_ctx.append(telemetry_ctx)

@@ -12,6 +12,7 @@ from analytics.warehouse import Warehouse
 from server.settings import Settings
 from server.store import Store
 from server.telemetry import Telemetry
+from server.tracker import TrackerAsset
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -19,6 +20,7 @@ ADMIN_TOKEN = web.AppKey("admin_token", str)
 WAREHOUSE = web.AppKey("warehouse", Warehouse)
 MIRROR = web.AppKey("mirror", Mirror)
 TELEMETRY = web.AppKey("telemetry", Telemetry)
+TRACKER = web.AppKey("tracker", TrackerAsset)
 # Injected clock: epoch milliseconds. Tests pin it; production uses the wall clock.
 Clock = Callable[[], int]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")

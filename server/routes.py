@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp_cors
 from aiohttp import web
 
-from server.handlers import events, health, ingest, stats, tokens
+from server.handlers import events, health, ingest, stats, tokens, tracker
 from server.settings import Settings
 
 INGEST_MAX_AGE = 86400  # browsers cache the ingestion preflight for a day
@@ -20,6 +20,10 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
             allow_methods=("POST",),
             max_age=INGEST_MAX_AGE,
         )
+    }
+    # The tracker script, for <script crossorigin> tags on any shop; no preflight (a simple GET never has one).
+    script_anyone = {
+        "*": aiohttp_cors.ResourceOptions(allow_credentials=False, allow_methods=("GET",), expose_headers=("ETag",))
     }
     dashboards = {
         origin: aiohttp_cors.ResourceOptions(
@@ -46,6 +50,7 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         ("/api/openapi.json", "GET", health.openapi, dashboards),
         ("/healthz", "GET", health.healthz, dashboards),
         ("/metrics", "GET", health.metrics, dashboards),
+        ("/tracker.js", "GET", tracker.get_tracker, script_anyone),
     ]
     resources: dict[str, web.Resource] = {}
     for path, method, handler, policy in table:
