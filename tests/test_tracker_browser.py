@@ -4,11 +4,13 @@ another, and every assertion reads what the SQLite store holds (or what the brow
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -489,3 +491,92 @@ async def test_outbox_is_capped_and_retries_back_off_against_a_dead_server(
     assert 1 <= len(in_window) <= 6, attempts
     await context.close()
 
+
+
+# --- the Shopify custom pixel from docs/tracker.md -------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "tracker.md"
+# Shopify runs a custom pixel with `analytics` (the event bus) and `browser` (async storage) in scope; this page
+# provides the same two objects, then runs the snippet exactly as the docs print it, with the two constants set.
+PIXEL_SHIM = """<script>
+const handlers = {};
+const analytics = {subscribe: (name, callback) => (handlers[name] = handlers[name] || []).push(callback)};
+const browser = {sessionStorage: {getItem: async (key) => sessionStorage.getItem(key),
+                                  setItem: async (key, value) => sessionStorage.setItem(key, value)}};
+window.fire = (event) => Promise.all((handlers[event.name] || []).map((callback) => callback(event)));
+</script>"""
+SHOPIFY_EVENTS = """(origin) => {
+  const at = new Date().toISOString();
+  const context = (path, title) => ({document: {location: {href: origin + path}, referrer: "https://www.google.com/",
+                                                title}});
+  const variant = {id: "4001", sku: "BOOT-42", title: "42", price: {amount: 89.9, currencyCode: "EUR"},
+                   product: {id: "7001", title: "Boots"}};
+  const checkout = {token: "tok-1", currencyCode: "EUR", totalPrice: {amount: 179.8, currencyCode: "EUR"},
+                    lineItems: [{quantity: 2, variant}]};
+  return [
+    {id: "sh-1", name: "page_viewed", timestamp: at, context: context("/products/boots", "Boots"), data: {}},
+    {id: "sh-2", name: "product_viewed", timestamp: at, context: context("/products/boots", "Boots"),
+     data: {productVariant: variant}},
+    {id: "sh-3", name: "product_added_to_cart", timestamp: at, context: context("/products/boots", "Boots"),
+     data: {cartLine: {quantity: 2, merchandise: variant, cost: {totalAmount: {amount: 179.8, currencyCode: "EUR"}}}}},
+    {id: "sh-4", name: "checkout_started", timestamp: at, context: context("/checkouts/c1", "Checkout"),
+     data: {checkout}},
+    {id: "sh-5", name: "checkout_completed", timestamp: at, context: context("/checkouts/c1/thank-you", "Thanks"),
+     data: {checkout: {...checkout, order: {id: "5001"}}}},
+  ];
+}"""
+
+
+def shopify_pixel_snippet() -> str:
+    text = DOCS.read_text()
+    start = text.index("```js shopify-custom-pixel\n") + len("```js shopify-custom-pixel\n")
+    return text[start:text.index("```", start)]
+
+
+def derived_event_id(shop_id: str, shopify_event_id: str) -> str:
+    """What the pixel computes: SHA-256 of shop and Shopify event id, shaped as a version-8 UUID."""
+    digest = bytearray(hashlib.sha256(f"{shop_id}/{shopify_event_id}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x80
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(digest)))
+
+
+async def test_shopify_custom_pixel_forwards_the_standard_events(
+    browser: Browser, flowtel: Flowtel, shop: Shop
+) -> None:
+    snippet = shopify_pixel_snippet()
+    assert 'const FLOWTEL = "https://ANALYTICS_HOST";' in snippet and 'const SHOP_ID = "my-shop";' in snippet
+    snippet = snippet.replace("https://ANALYTICS_HOST", flowtel.origin).replace('"my-shop"', '"shopify-shop"')
+    shop.pages["pixel.html"] = f"<!doctype html><html><head>{PIXEL_SHIM}<script>{snippet}</script></head></html>"
+    context = await shopper(browser)
+    page = await context.new_page()
+    await page.goto(shop.url("pixel.html"))
+    await page.evaluate(f"async () => {{ for (const e of ({SHOPIFY_EVENTS})(location.origin)) await fire(e); }}")
+    steps = ["page_view", "product_view", "add_to_cart", "checkout_start", "purchase"]
+    events = await flowtel.wait_events("shopify-shop", has(*steps))
+    assert [e["event_type"] for e in events] == steps
+    assert [e["event_name"] for e in events] == ["page_viewed", "product_viewed", "product_added_to_cart",
+                                                 "checkout_started", "checkout_completed"]
+    assert [e["id"] for e in events] == [derived_event_id("shopify-shop", f"sh-{i}") for i in range(1, 6)]
+    assert len({e["session_id"] for e in events}) == 1
+    by_type = {e["event_type"]: e for e in events}
+    assert by_type["page_view"]["properties"] == {"title": "Boots"}
+    assert by_type["page_view"]["referrer"] == "https://www.google.com/"
+    assert by_type["page_view"]["path"] == "/products/boots"
+    boots = {"productId": "7001", "variantId": "4001", "sku": "BOOT-42", "name": "Boots", "price": 89.9}
+    assert by_type["product_view"]["properties"] == {**boots, "currency": "EUR"}
+    assert by_type["add_to_cart"]["properties"] == {**boots, "quantity": 2, "currency": "EUR"}
+    assert by_type["purchase"]["properties"] == {"orderId": "5001", "checkoutToken": "tok-1", "value": 179.8,
+                                                 "currency": "EUR", "items": [{**boots, "quantity": 2}]}
+
+    # Shopify delivering checkout_completed again: the same derived id, stored once.
+    await page.evaluate(f"async () => fire(({SHOPIFY_EVENTS})(location.origin)[4])")
+    async with aiohttp.ClientSession() as http:
+        resp = await http.get(f"{flowtel.origin}/api/stats", params={"shopId": "shopify-shop", "period": "7d"},
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        stats = await resp.json()
+    assert count(flowtel.events("shopify-shop"), "purchase") == 1
+    assert stats["totals"]["revenue"] == [{"currency": "EUR", "amount": pytest.approx(179.8)}]
+    assert [step["sessions"] for step in stats["funnel"]] == [1, 1, 1, 1, 1]
+    assert [s for s in flowtel.seen if s.method == "OPTIONS"] == []
+    await context.close()
