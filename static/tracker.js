@@ -3,7 +3,8 @@
 (() => {
   "use strict";
   const w = window, d = document, nav = navigator, loc = location;
-  const script = d.currentScript;
+  // currentScript is null when a loader runs this code later; then the tag is found by its attribute.
+  const script = d.currentScript || d.querySelector("script[data-shop-id]");
   const attr = (name) => script && script.getAttribute("data-" + name);
   // A present attribute is on unless it says false/0/off/no; an absent one takes the default.
   const flag = (name, fallback) => {
@@ -107,7 +108,7 @@
       .catch(() => {
         // Exponential back-off with jitter; the same ids are sent again and the server de-duplicates them.
         failures++;
-        retryAt = Date.now() + Math.min(flushMs * 2 ** failures, BACKOFF_MAX) * (0.5 + Math.random());
+        retryAt = Date.now() + Math.min(flushMs * 2 ** (failures - 1), BACKOFF_MAX) * (0.5 + Math.random());
       })
       .finally(() => {
         inflight.clear();
