@@ -12,6 +12,7 @@
     return value == null ? fallback : !/^(false|0|off|no)$/i.test(value);
   };
 
+  if (w.flowtel && w.flowtel.pageview) return; // a second tag on the page would count everything twice
   const queued = (w.flowtel && w.flowtel.q) || [];
   const shopId = attr("shop-id");
   const endpoint = (attr("api") || new URL(script ? script.src : loc.href).origin).replace(/\/+$/, "") + "/api/events";
