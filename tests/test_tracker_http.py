@@ -28,7 +28,7 @@ async def test_tracker_is_javascript_with_validators_and_cache_control(client: T
     assert etag.startswith('"') and etag.endswith('"') and len(etag) > 10
     cache_control = resp.headers["Cache-Control"]
     assert "public" in cache_control and "max-age=3600" in cache_control
-    assert resp.headers["Vary"] == "Accept-Encoding"
+    assert resp.headers["Vary"] == "Accept-Encoding, Origin"
 
 
 @pytest.mark.parametrize("if_none_match", ["{etag}", "W/{etag}", '"other", {etag}', "*"])

@@ -15,7 +15,8 @@ async def get_tracker(request: web.Request) -> web.Response:
     headers = {
         "ETag": asset.etag,
         "Cache-Control": TRACKER_CACHE_CONTROL,
-        "Vary": "Accept-Encoding",
+        # CORS answers echo the requesting origin, so a shared cache must keep one copy per origin too.
+        "Vary": "Accept-Encoding, Origin",
         # Shops that isolate their pages (COEP) may still load it; CORS for crossorigin= tags comes from the route.
         "Cross-Origin-Resource-Policy": "cross-origin",
     }
