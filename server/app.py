@@ -31,6 +31,7 @@ from server.keys import (
     SHOPS,
     STORE,
     TELEMETRY,
+    TRACKER,
     WAREHOUSE,
 )
 from server.limits import Limits
@@ -41,6 +42,7 @@ from server.settings import RATE_BURST_SECONDS, Settings, llm_config
 from server.shops import ShopRegistry
 from server.store import Store
 from server.telemetry import Telemetry, make_telemetry_middleware
+from server.tracker import load_tracker
 
 log = logging.getLogger("flowtel")
 
@@ -189,6 +191,7 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
     app[LIMITS] = Limits(ip_rate=settings.rate_limit_ip, shop_rate=settings.rate_limit_shop,
                          read_rate=settings.rate_limit_read, burst_seconds=RATE_BURST_SECONDS,
                          max_queries=settings.max_concurrent_queries, clock=clock)
+    app[TRACKER] = load_tracker()
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(analytics_ctx)
     app.cleanup_ctx.append(telemetry_ctx)

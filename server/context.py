@@ -17,7 +17,9 @@ _DESKTOP_OS = {"Windows", "Mac OS X", "macOS", "Linux", "Ubuntu", "Chrome OS", "
                "Debian", "OpenBSD", "NetBSD", "Solaris"}
 _MOBILE_OS = {"iOS", "Android", "Windows Phone", "BlackBerry OS", "KaiOS", "Symbian OS", "Firefox OS", "HarmonyOS"}
 # Automation that is not in the crawler list but never a real shopper.
-_AUTOMATION_MARKERS = ("HeadlessChrome", "PhantomJS", "Electron/", "Playwright", "Puppeteer", "Selenium")
+_AUTOMATION_MARKERS = ("HeadlessChrome", "PhantomJS", "Electron/", "Playwright", "Puppeteer", "Selenium",
+                       # what the tracker appends to the User-Agent it sends when navigator.webdriver is true
+                       "(webdriver)")
 
 
 @dataclass(frozen=True, slots=True)

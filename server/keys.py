@@ -17,6 +17,7 @@ from server.settings import Settings
 from server.shops import ShopRegistry
 from server.store import Store
 from server.telemetry import Telemetry
+from server.tracker import TrackerAsset
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -26,6 +27,7 @@ MIRROR = web.AppKey("mirror", Mirror)
 TELEMETRY = web.AppKey("telemetry", Telemetry)
 SHOPS = web.AppKey("shops", ShopRegistry)
 LIMITS = web.AppKey("limits", Limits)
+TRACKER = web.AppKey("tracker", TrackerAsset)
 # Injected clock: epoch milliseconds. Tests pin it; production uses the wall clock.
 Clock = Callable[[], int]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")

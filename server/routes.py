@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp_cors
 from aiohttp import web
 
-from server.handlers import chat, deletion, events, health, ingest, shops, stats, tokens
+from server.handlers import chat, deletion, events, health, ingest, shops, stats, tokens, tracker
 from server.handlers import insights as insights_handlers
 from server.settings import Settings
 
@@ -21,6 +21,10 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
             allow_methods=("POST",),
             max_age=INGEST_MAX_AGE,
         )
+    }
+    # The tracker script, for <script crossorigin> tags on any shop; no preflight (a simple GET never has one).
+    script_anyone = {
+        "*": aiohttp_cors.ResourceOptions(allow_credentials=False, allow_methods=("GET",), expose_headers=("ETag",))
     }
     dashboards = {
         origin: aiohttp_cors.ResourceOptions(
@@ -56,6 +60,7 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         ("/api/insights", "GET", insights_handlers.list_insights_route, dashboards),
         ("/api/insights/generate", "POST", insights_handlers.post_generate, dashboards),
         ("/api/events", "DELETE", deletion.delete_events, dashboards),
+        ("/tracker.js", "GET", tracker.get_tracker, script_anyone),
     ]
     resources: dict[str, web.Resource] = {}
     for path, method, handler, policy in table:
