@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp_cors
 from aiohttp import web
 
-from server.handlers import events, health, ingest, stats, tokens
+from server.handlers import dashboard, events, health, ingest, stats, tokens
 from server.settings import Settings
 
 INGEST_MAX_AGE = 86400  # browsers cache the ingestion preflight for a day
@@ -46,6 +46,8 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         ("/api/openapi.json", "GET", health.openapi, dashboards),
         ("/healthz", "GET", health.healthz, dashboards),
         ("/metrics", "GET", health.metrics, dashboards),
+        ("/", "GET", dashboard.index, dashboards),
+        ("/dashboard/{path:.+}", "GET", dashboard.asset, dashboards),
     ]
     resources: dict[str, web.Resource] = {}
     for path, method, handler, policy in table:
