@@ -144,7 +144,8 @@ class Session:
 
     async def kpis(self) -> dict[str, tuple[Any, str]]:
         cards = await self.page.eval_on_selector_all(
-            ".kpi", "cards => cards.map(c => [c.dataset.metric, c.dataset.raw, c.querySelector('.kpi-value').textContent])")
+            ".kpi",
+            "cards => cards.map(c => [c.dataset.metric, c.dataset.raw, c.querySelector('.kpi-value').textContent])")
         return {metric: (json.loads(raw), text) for metric, raw, text in cards}
 
     async def table_rows(self, selector: str) -> list[list[str]]:
@@ -176,7 +177,7 @@ async def dashboard(client: TestClient, browser: Browser) -> AsyncIterator[Sessi
 def assert_kpis_match(kpis: dict[str, tuple[Any, str]], totals: dict[str, Any]) -> None:
     assert set(kpis) == {"visitors", "sessions", "pageViews", "bounceRate", "avgSessionDuration", "orders",
                          "revenue", "conversionRate"}
-    for metric, (raw, text) in kpis.items():
+    for metric, (raw, _text) in kpis.items():
         assert raw == totals[metric], metric
     for metric in ("visitors", "sessions", "pageViews", "orders"):
         assert kpis[metric][1] == f"{totals[metric]:,}", metric
