@@ -202,7 +202,14 @@ async def test_kpis_and_a_breakdown_equal_the_stats_api(dashboard: Session, clie
     assert stats["totals"]["sessions"] == 25 and stats["totals"]["orders"] == 4
     assert_kpis_match(await dashboard.kpis(), stats["totals"])
     changes = await dashboard.page.eval_on_selector_all(".kpi-change", "ps => ps.map(p => p.textContent)")
-    assert len(changes) == 8 and all("vs previous period" in c for c in changes)
+    assert len(changes) == 8
+    previous = stats["previous"]["sessions"]
+    sessions_change = changes[1]
+    if previous:
+        pct = stats["change"]["sessions"]
+        assert sessions_change == f"{'+' if pct > 0 else '−' if pct < 0 else '±'}{abs(pct):.1f}% vs previous period"
+    else:
+        assert sessions_change == "no data in the previous period"
 
     pages = await dashboard.table_rows("#breakdown-topPages")
     assert pages == [[row["value"], f"{row['pageViews']:,}", f"{row['sessions']:,}"] for row in stats["topPages"]]

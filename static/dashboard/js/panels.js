@@ -42,10 +42,10 @@ function changeOf(kpi, change) {
   if (!change) return null;
   const value = change[kpi.key];
   if (kpi.money) {
-    const parts = Object.entries(value || {}).map(([currency, pct]) => `${currency} ${formatChange(pct, false)}`);
-    return parts.length ? parts.join(" · ") : "no previous data";
+    const parts = Object.entries(value || {}).filter(([, pct]) => pct !== null).map(([currency, pct]) => `${currency} ${formatChange(pct, false)}`);
+    return parts.length ? `${parts.join(" · ")} vs previous period` : "no data in the previous period";
   }
-  return formatChange(value, kpi.rate);
+  return value === null || value === undefined ? "no data in the previous period" : `${formatChange(value, kpi.rate)} vs previous period`;
 }
 
 function trendClass(kpi, change) {
@@ -62,7 +62,7 @@ export function renderKpis(container, totals, change) {
       el("article", { className: "kpi", dataset: { metric: kpi.key, raw: JSON.stringify(value ?? null) } }, [
         el("h3", { text: kpi.label }),
         el("p", { className: "kpi-value", text: kpi.format(value) }),
-        change ? el("p", { className: `kpi-change ${trendClass(kpi, change)}`, text: `${changeOf(kpi, change)} vs previous period` }) : null,
+        change ? el("p", { className: `kpi-change ${trendClass(kpi, change)}`, text: changeOf(kpi, change) }) : null,
       ]),
     );
   }
