@@ -275,6 +275,9 @@ async def test_clicking_a_breakdown_row_filters_the_dashboard(dashboard: Session
     assert [kpis["sessions"][0], kpis["pageViews"][0]] == expected["results"][0]["metrics"]
     assert kpis["sessions"][0] == 12 < stats["totals"]["sessions"]
     assert await dashboard.table_rows("#breakdown-devices") == [["mobile", "12", f"{kpis['pageViews'][0]:,}"]]
+    # The filtered daily series lines up with the report's buckets: its page views add up to the filtered total.
+    label = await dashboard.page.get_attribute("#timeseries", "aria-label")
+    assert label is not None and label.endswith(f"total {kpis['pageViews'][0]}")
 
     # The chip is a button: keyboard removes the filter and the whole-shop numbers come back.
     await chip.focus()
