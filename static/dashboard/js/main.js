@@ -56,12 +56,14 @@ function onAuthError(err) {
 }
 
 async function discoverShops() {
-  // No endpoint lists shops: the admin's tokens and the latest events across all shops name the ones that exist.
+  // Shops are named in three places: registered shops (GET /api/shops, on servers that have it), the admin's
+  // tokens, and the latest events across all shops (shops that only ever sent events).
   const ids = new Set();
-  const [tokens, events] = await Promise.allSettled([api.get("/api/tokens"), api.get("/api/events", { limit: 100 })]);
+  const [shops, tokens, events] = await Promise.allSettled([api.get("/api/shops"), api.get("/api/tokens"), api.get("/api/events", { limit: 100 })]);
+  if (shops.status === "fulfilled") for (const s of shops.value.data || []) ids.add(s.id);
   if (tokens.status === "fulfilled") for (const t of tokens.value.data || []) ids.add(t.shopId);
   if (events.status === "fulfilled") for (const e of events.value.data || []) ids.add(e.shopId);
-  return [...ids].sort();
+  return [...ids].filter(Boolean).sort();
 }
 
 async function signIn(token) {
