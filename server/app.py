@@ -7,17 +7,20 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 from aiohttp import web
 
+from analytics.llm import make_llm
 from analytics.mirror import Mirror
 from analytics.warehouse import Warehouse
 from server.auth import auth_middleware, resolve_admin_token
 from server.errors import error_middleware
 from server.events import MAX_BODY_BYTES
-from server.keys import ADMIN_TOKEN, CLOCK, MIRROR, SETTINGS, STORE, TELEMETRY, WAREHOUSE
+from server.insights import generate_for_active_shops, seconds_until
+from server.keys import ADMIN_TOKEN, CLOCK, LLM_CLIENT, MIRROR, SETTINGS, STORE, TELEMETRY, WAREHOUSE
 from server.routes import setup_routes
-from server.settings import Settings
+from server.settings import Settings, llm_config
 from server.store import Store
 from server.telemetry import Telemetry, make_telemetry_middleware
 
@@ -103,6 +106,40 @@ async def admin_token_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The LLM adapter (None without a provider); its HTTP connections are closed at shutdown."""
+    llm = make_llm(llm_config(app[SETTINGS]))
+    app[LLM_CLIENT] = llm
+    if llm is not None:
+        log.info("LLM provider %s, model %s", llm.provider, llm.model)
+    yield
+    if llm is not None:
+        await llm.close()
+
+
+async def _daily_insights_loop(app: web.Application, hour: int) -> None:
+    while True:
+        now = datetime.fromtimestamp(app[CLOCK]() / 1000, UTC)
+        await asyncio.sleep(seconds_until(hour, now))
+        try:
+            written = await generate_for_active_shops(app[STORE], app[WAREHOUSE], app[MIRROR], app[LLM_CLIENT],
+                                                      app[CLOCK]())
+            log.info("daily insights: %d shops, %d insights", len(written), sum(written.values()))
+        except Exception:
+            log.exception("daily insights failed; next run in a day")
+
+
+async def insights_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The daily insights job (FLOWTEL_INSIGHTS_HOUR, UTC), when configured."""
+    hour = app[SETTINGS].insights_hour
+    task = None if hour is None else asyncio.create_task(_daily_insights_loop(app, hour), name="flowtel-insights")
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) -> web.Application:
     telemetry = Telemetry()
     app = web.Application(
@@ -119,5 +156,7 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
     app.cleanup_ctx.append(analytics_ctx)
     app.cleanup_ctx.append(telemetry_ctx)
     app.cleanup_ctx.append(admin_token_ctx)
+    app.cleanup_ctx.append(llm_ctx)
+    app.cleanup_ctx.append(insights_ctx)
     setup_routes(app, settings)
     return app

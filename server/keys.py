@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from analytics.llm import LLM
 from analytics.mirror import Mirror
 from analytics.warehouse import Warehouse
 from server.settings import Settings
@@ -22,6 +23,8 @@ TELEMETRY = web.AppKey("telemetry", Telemetry)
 # Injected clock: epoch milliseconds. Tests pin it; production uses the wall clock.
 Clock = Callable[[], int]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+# The configured LLM adapter, or None when no provider is configured (insights use templates, chat answers 503).
+LLM_CLIENT: web.AppKey[LLM | None] = web.AppKey("llm")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from server.handlers import dashboard, events, health, ingest, stats, tokens
+from server.handlers import insights as insights_handlers
 from server.settings import Settings
 
 INGEST_MAX_AGE = 86400  # browsers cache the ingestion preflight for a day
@@ -46,6 +47,8 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         ("/api/openapi.json", "GET", health.openapi, dashboards),
         ("/healthz", "GET", health.healthz, dashboards),
         ("/metrics", "GET", health.metrics, dashboards),
+        ("/api/insights", "GET", insights_handlers.list_insights_route, dashboards),
+        ("/api/insights/generate", "POST", insights_handlers.post_generate, dashboards),
         ("/", "GET", dashboard.index, dashboards),
         ("/dashboard/{path:.+}", "GET", dashboard.asset, dashboards),
     ]

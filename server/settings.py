@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from analytics.llm import LLMConfig
+
 DEFAULT_CORS_ORIGINS = (
     "http://localhost:3000",
     "http://localhost:5173",
@@ -18,6 +20,9 @@ SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 _ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+DEFAULT_INSIGHTS_HOUR = 4
+# One retry for a rate limit or a 5xx: insights fall back to templates anyway, and a request should not hang on it.
+LLM_MAX_RETRIES = 1
 
 
 class SettingsError(ValueError):
@@ -50,6 +55,11 @@ class Settings:
     access_log: bool = False
     # FULL fsyncs the WAL on every group commit, so an acknowledged event also survives power loss.
     sqlite_synchronous: str = "FULL"
+    # Seconds one LLM request may take (the SDKs' timeout); after it insights keep their template text.
+    llm_timeout: float = 20.0
+    # UTC hour of the daily insights run, or None for no background run (the default here, so tests and embedded
+    # uses stay quiet; load_settings turns it on at 04:00 unless FLOWTEL_INSIGHTS_HOUR=off).
+    insights_hour: int | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -96,6 +106,13 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     if not 0 < value <= 3600:
         raise SettingsError(f"{name}={raw!r} must be more than 0 and at most 3600 seconds.")
     return value
+
+
+def _hour_or_off(env: Mapping[str, str], name: str, default: int) -> int | None:
+    raw = _nonempty(env, name)
+    if raw is not None and raw.lower() in _FALSE:
+        return None
+    return _int(env, name, default, 0, 23)
 
 
 def _sqlite_path(raw: str) -> Path:
@@ -179,4 +196,17 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         sqlite_synchronous=synchronous,
         duckdb_memory_limit=memory,
         access_log=_flag(env, "FLOWTEL_ACCESS_LOG", False),
+        llm_timeout=_positive_float(env, "FLOWTEL_LLM_TIMEOUT", defaults.llm_timeout),
+        insights_hour=_hour_or_off(env, "FLOWTEL_INSIGHTS_HOUR", DEFAULT_INSIGHTS_HOUR),
     )
+
+
+def llm_config(settings: Settings) -> LLMConfig:
+    """The LLM layer's configuration from Settings: the chosen provider's key, base URL and model."""
+    if settings.llm_provider == "openai":
+        return LLMConfig("openai", settings.openai_api_key, settings.openai_base_url, settings.openai_model,
+                         timeout_s=settings.llm_timeout, max_retries=LLM_MAX_RETRIES)
+    if settings.llm_provider == "anthropic":
+        return LLMConfig("anthropic", settings.anthropic_api_key, settings.anthropic_base_url,
+                         settings.anthropic_model, timeout_s=settings.llm_timeout, max_retries=LLM_MAX_RETRIES)
+    return LLMConfig("none")

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.settings import Settings
+from tests.fake_llm import FakeLLM
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 # 2026-11-26T04:15:17.123Z
@@ -90,3 +91,12 @@ async def assert_error(resp: ClientResponse, status: int, code: str) -> dict[str
     if status in (429, 503):
         assert "Retry-After" in resp.headers
     return error
+
+
+@pytest.fixture
+async def fake_llm(aiohttp_server: Any) -> FakeLLM:
+    """The fake OpenAI/Anthropic server (tests/fake_llm.py), listening on loopback; `fake_llm.play(Reply(...))`."""
+    fake = FakeLLM()
+    server = await aiohttp_server(fake.make_app())
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
