@@ -394,3 +394,40 @@ async def test_screenshots_at_desktop_and_phone_width_in_light_and_dark(dashboar
     for name in ("dashboard-desktop.png", "dashboard-phone.png", "dashboard-phone-dark.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000
     await dashboard.finish()
+
+
+async def test_generating_insights_shows_cards_with_their_evidence(dashboard: Session) -> None:
+    page = dashboard.page
+    await dashboard.open()
+    await dashboard.sign_in()
+    insights = page.locator("#insights")
+    await insights.locator(".notice", has_text="No insights yet").wait_for()
+    async with page.expect_response(lambda r: urlsplit(r.url).path == "/api/insights/generate") as info:
+        await page.click("#generate")
+    response = await info.value
+    assert response.status == 201
+    assert json.loads(response.request.post_data or "{}") == {"shopId": SHOP}
+    generated = (await response.json())["data"]
+    assert generated
+    cards = insights.locator(".insight")
+    await cards.first.wait_for()
+    assert await cards.count() == len(generated)
+    for i, insight in enumerate(generated):
+        card = cards.nth(i)
+        assert await card.locator("h3").text_content() == insight["title"]
+        assert insight["content"] in (await card.inner_text())
+        evidence = dict(zip(await card.locator("dt").all_text_contents(), await card.locator("dd").all_text_contents(),
+                            strict=True))
+        assert evidence["Metric"] == insight["metadata"]["metric"]
+        assert evidence["Method"] == insight["metadata"]["method"]
+        assert "Baseline" in evidence and "Value" in evidence
+        assert await card.locator("pre.sql").text_content() == insight["metadata"]["sql"]
+
+    # They are stored: a fresh load lists them through GET /api/insights.
+    async with page.expect_response(lambda r: urlsplit(r.url).path == "/api/insights") as info:
+        await page.reload()
+    listed = (await (await info.value).json())["data"]
+    assert {i["id"] for i in listed} >= {i["id"] for i in generated}
+    await insights.locator(".insight").first.wait_for()
+    assert await insights.locator(".insight").count() == len(listed)
+    await dashboard.finish()
