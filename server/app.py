@@ -13,12 +13,25 @@ from aiohttp import web
 
 from analytics.llm import make_llm
 from analytics.mirror import Mirror
+from analytics.sandbox import SandboxCache
 from analytics.warehouse import Warehouse
 from server.auth import auth_middleware, resolve_admin_token
 from server.errors import error_middleware
 from server.events import MAX_BODY_BYTES
 from server.insights import generate_for_active_shops, seconds_until
-from server.keys import ADMIN_TOKEN, CLOCK, LLM_CLIENT, MIRROR, SETTINGS, STORE, TELEMETRY, WAREHOUSE
+from server.keys import (
+    ADMIN_TOKEN,
+    CHAT_LIMITER,
+    CLOCK,
+    LLM_CLIENT,
+    MIRROR,
+    SANDBOXES,
+    SETTINGS,
+    STORE,
+    TELEMETRY,
+    WAREHOUSE,
+)
+from server.ratelimit import SlidingWindowLimiter
 from server.routes import setup_routes
 from server.settings import Settings, llm_config
 from server.store import Store
@@ -140,6 +153,14 @@ async def insights_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Chat's per-process state: the sandboxes per shop and the per-shop request limiter."""
+    app[SANDBOXES] = SandboxCache()
+    app[CHAT_LIMITER] = SlidingWindowLimiter(app[SETTINGS].chat_rate_per_minute, 60_000)
+    yield
+    app[SANDBOXES].close()
+
+
 def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) -> web.Application:
     telemetry = Telemetry()
     app = web.Application(
@@ -158,5 +179,6 @@ def create_app(settings: Settings, *, clock: Callable[[], int] = wall_clock_ms) 
     app.cleanup_ctx.append(admin_token_ctx)
     app.cleanup_ctx.append(llm_ctx)
     app.cleanup_ctx.append(insights_ctx)
+    app.cleanup_ctx.append(chat_ctx)
     setup_routes(app, settings)
     return app

@@ -221,6 +221,61 @@ def rebuild(args: argparse.Namespace) -> None:
           f"in {result.seconds:.1f} s.")
 
 
+def chat(args: argparse.Namespace) -> None:
+    """Ask one question about a shop from the terminal: the LLM tool loop when a provider is configured, else the
+    built-in answers; the same sandbox as POST /api/chat (server stopped, like analyze)."""
+    from analytics.chat import ChatTimeout, ask_llm
+    from analytics.chat_builtin import EXAMPLES, NotUnderstood, answer, route
+    from analytics.llm import LLMError, make_llm
+    from analytics.sandbox import Result, Sandbox, copy_shop_rows, describe
+    from analytics.timerange import resolve_timezone
+    from server.settings import llm_config
+
+    settings = _settings()
+    try:
+        tz = resolve_timezone(args.timezone)
+    except ValueError as exc:
+        _fail(f"--timezone: {exc}", 2)
+    rows = _offline(settings, args.shop, lambda warehouse: warehouse.call(lambda conn: copy_shop_rows(conn, args.shop)))
+    sandbox = Sandbox(rows)
+    now = datetime.now(UTC)
+    llm = make_llm(llm_config(settings))
+    if llm is None:
+        try:
+            result = answer(sandbox, route(args.question, now, tz), tz.key)
+        except NotUnderstood:
+            _fail("no LLM is configured and this is not a built-in question. Try one of:\n  "
+                  + "\n  ".join(EXAMPLES))
+    else:
+        async def run() -> Any:
+            async def run_sql(sql: str) -> Result:
+                return await asyncio.to_thread(sandbox.run_sql, sql)
+
+            async def get_schema() -> dict[str, Any]:
+                return await asyncio.to_thread(describe, sandbox)
+
+            try:
+                return await ask_llm(llm, args.question, [], run_sql=run_sql, get_schema=get_schema, now=now,
+                                     timezone=tz.key)
+            finally:
+                await llm.close()
+
+        try:
+            result = asyncio.run(run())
+        except (LLMError, ChatTimeout) as exc:
+            _fail(f"the LLM provider failed: {exc}")
+    sandbox.close()
+    print(result.answer)
+    for query in result.queries:
+        print(f"\n-- {query.row_count} rows, {query.ms:.0f} ms\n{query.sql}")
+    if result.columns:
+        print("\n" + " | ".join(result.columns))
+        for row in result.rows[:50]:
+            print(" | ".join("" if v is None else str(v) for v in row))
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowtel", description="Flowtel analytics server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -274,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_insights.add_argument("--date", help="local day to analyse (YYYY-MM-DD; default: yesterday)")
     p_insights.add_argument("--timezone", default="UTC", help="IANA timezone of the shop's days (default UTC)")
     p_insights.set_defaults(func=insights)
+    p_chat = commands.add_parser("chat", help="ask a question about one shop's data (server stopped)")
+    p_chat.add_argument("--shop", required=True, type=_shop_arg, help="the shop id")
+    p_chat.add_argument("--timezone", default="UTC", help="IANA timezone for relative dates (default UTC)")
+    p_chat.add_argument("question", help='e.g. "Top pages last 7 days"')
+    p_chat.set_defaults(func=chat)
     return parser
 
 

@@ -9,7 +9,9 @@ from aiohttp import web
 
 from analytics.llm import LLM
 from analytics.mirror import Mirror
+from analytics.sandbox import SandboxCache
 from analytics.warehouse import Warehouse
+from server.ratelimit import SlidingWindowLimiter
 from server.settings import Settings
 from server.store import Store
 from server.telemetry import Telemetry
@@ -41,3 +43,6 @@ class Principal:
 
 ADMIN = Principal(shop_id=None, token_id=None)
 PRINCIPAL = web.RequestKey("principal", Principal)
+# Chat: sandboxes per shop (analytics/sandbox.py) and the per-shop request limiter.
+SANDBOXES = web.AppKey("sandboxes", SandboxCache)
+CHAT_LIMITER = web.AppKey("chat_limiter", SlidingWindowLimiter)

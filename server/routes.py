@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp_cors
 from aiohttp import web
 
-from server.handlers import dashboard, events, health, ingest, stats, tokens
+from server.handlers import chat, dashboard, events, health, ingest, stats, tokens
 from server.handlers import insights as insights_handlers
 from server.settings import Settings
 
@@ -49,6 +49,8 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         ("/metrics", "GET", health.metrics, dashboards),
         ("/api/insights", "GET", insights_handlers.list_insights_route, dashboards),
         ("/api/insights/generate", "POST", insights_handlers.post_generate, dashboards),
+        ("/api/chat", "POST", chat.post_chat, dashboards),
+        ("/api/chat/{conversationId}", "GET", chat.get_chat, dashboards),
         ("/", "GET", dashboard.index, dashboards),
         ("/dashboard/{path:.+}", "GET", dashboard.asset, dashboards),
     ]

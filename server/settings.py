@@ -60,6 +60,9 @@ class Settings:
     # UTC hour of the daily insights run, or None for no background run (the default here, so tests and embedded
     # uses stay quiet; load_settings turns it on at 04:00 unless FLOWTEL_INSIGHTS_HOUR=off).
     insights_hour: int | None = None
+    # Chat requests per shop per minute, and LLM tokens (input + output) per shop per UTC day.
+    chat_rate_per_minute: int = 20
+    chat_daily_tokens: int = 200_000
 
     @property
     def data_dir(self) -> Path:
@@ -198,6 +201,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         access_log=_flag(env, "FLOWTEL_ACCESS_LOG", False),
         llm_timeout=_positive_float(env, "FLOWTEL_LLM_TIMEOUT", defaults.llm_timeout),
         insights_hour=_hour_or_off(env, "FLOWTEL_INSIGHTS_HOUR", DEFAULT_INSIGHTS_HOUR),
+        chat_rate_per_minute=_int(env, "FLOWTEL_CHAT_RATE", defaults.chat_rate_per_minute, 1, 100_000),
+        chat_daily_tokens=_int(env, "FLOWTEL_CHAT_DAILY_TOKENS", defaults.chat_daily_tokens, 0, 1_000_000_000),
     )
 
 

@@ -79,6 +79,28 @@ MIGRATIONS: tuple[str, ...] = (
         salt BLOB NOT NULL
     );
     """,
+    # Chat: conversations and their messages (assistant turns keep queries, rows and chart as JSON).
+    """
+    CREATE TABLE IF NOT EXISTS conversations (
+        id TEXT PRIMARY KEY,
+        shop_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,      -- epoch ms, UTC
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS messages (
+        id TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        shop_id TEXT NOT NULL,
+        role TEXT NOT NULL,               -- user | assistant
+        content TEXT NOT NULL,
+        payload TEXT NOT NULL DEFAULT '{}',
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS messages_conversation ON messages(conversation_id, created_at);
+    CREATE INDEX IF NOT EXISTS messages_shop_time ON messages(shop_id, created_at);
+    """,
 )
 
 INSERT_EVENT = """

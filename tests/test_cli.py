@@ -80,3 +80,28 @@ def test_create_rejects_a_bad_shop_id(tmp_path: Path) -> None:
     result = flowtel(tmp_path, "token", "create", "--shop", "bad shop!")
     assert result.returncode == 2
     assert "--shop" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_chat_answers_a_builtin_question_from_the_files(tmp_path: Path, make_client: ClientFactory) -> None:
+    from tests.test_chat import alpha_events, ingest
+
+    client = await make_client()
+    await ingest(client)
+    await client.close()  # the command opens the DuckDB file itself, as with analyze
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "DATABASE_URL": f"sqlite:{tmp_path}/flowtel.db",
+           "FLOWTEL_DUCKDB_PATH": str(tmp_path / "flowtel.duckdb"), "FLOWTEL_LLM_PROVIDER": "none"}
+    result = subprocess.run([str(FLOWTEL), "chat", "--shop", "alpha", "Top pages of all time"], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    views: dict[str, int] = {}
+    for e in alpha_events("2000-01-01", "2100-01-01"):
+        if e["type"] == "page_view":
+            views[e["path"]] = views.get(e["path"], 0) + 1
+    top = sorted(views.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    assert f"{top[0]} | {top[1]} |" in result.stdout
+    assert "beta-secret" not in result.stdout
+    assert "FROM events" in result.stdout
+
+    declined = subprocess.run([str(FLOWTEL), "chat", "--shop", "alpha", "write a poem"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+    assert declined.returncode == 1 and "Top pages" in declined.stderr
