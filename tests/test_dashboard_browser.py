@@ -431,3 +431,37 @@ async def test_generating_insights_shows_cards_with_their_evidence(dashboard: Se
     await insights.locator(".insight").first.wait_for()
     assert await insights.locator(".insight").count() == len(listed)
     await dashboard.finish()
+
+
+async def test_the_builtin_chat_answers_with_a_table_and_explains_a_missing_provider(dashboard: Session) -> None:
+    page = dashboard.page
+    await dashboard.open()
+    await dashboard.sign_in()
+    await page.fill("#chat-input", "Top sources last 30 days")
+    async with page.expect_response(lambda r: urlsplit(r.url).path == "/api/chat") as info:
+        await page.press("#chat-input", "Enter")
+    response = await info.value
+    assert response.status == 200 and json.loads(response.request.post_data or "{}")["shopId"] == SHOP
+    result = await response.json()
+    assert result["provider"] == "builtin" and result["rows"]
+    output = page.locator("#chat-output")
+    await output.locator("table").wait_for()
+    assert await output.locator(".chat-answer").text_content() == result["answer"]
+    headers = await output.locator("table thead th").all_text_contents()
+    assert headers == result["columns"]
+    rows = await dashboard.table_rows("#chat-output")
+    assert [row[0] for row in rows] == [str(row[0]) for row in result["rows"]]
+    assert "direct" in [row[0] for row in rows]
+    sql = await output.locator("pre.sql").first.text_content()
+    assert sql == result["queries"][0]["sql"]
+
+    # Without an LLM, a question the built-in answers do not cover says how to configure a provider.
+    await page.fill("#chat-input", "Write me a poem about our customers")
+    async with page.expect_response(lambda r: urlsplit(r.url).path == "/api/chat") as info:
+        await page.press("#chat-input", "Enter")
+    assert (await info.value).status == 503
+    await output.locator(".notice-error").wait_for()
+    text = await output.inner_text()
+    assert "OPENAI_API_KEY" in text and "ANTHROPIC_API_KEY" in text
+    assert "Top pages this month" in text
+    await dashboard.finish()
