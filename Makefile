@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint demo analyze export rebuild bench-ingest bench-stats bench-soak clean
+.PHONY: install run test lint demo analyze export rebuild bench-ingest bench-stats bench-soak clean vendor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,3 +60,17 @@ bench-soak: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# The dashboard's one third-party file, pinned: `make vendor` refreshes it from the npm registry (npm checks the
+# tarball against the registry's integrity hash) and records version, licence and sha256 in vendor/VENDORED.
+UPLOT_VERSION ?= 1.6.32
+VENDOR_DIR := static/dashboard/vendor
+vendor:
+	rm -rf .vendor-tmp && mkdir -p .vendor-tmp $(VENDOR_DIR)
+	cd .vendor-tmp && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null && tar -xzf uplot-$(UPLOT_VERSION).tgz
+	cp .vendor-tmp/package/dist/uPlot.esm.js $(VENDOR_DIR)/uPlot.esm.js
+	cp .vendor-tmp/package/dist/uPlot.min.css $(VENDOR_DIR)/uPlot.min.css
+	cp .vendor-tmp/package/LICENSE $(VENDOR_DIR)/uPlot.LICENSE
+	{ echo "uplot $(UPLOT_VERSION) MIT https://www.npmjs.com/package/uplot/v/$(UPLOT_VERSION)"; \
+	  cd $(VENDOR_DIR) && sha256sum uPlot.esm.js uPlot.min.css uPlot.LICENSE; } > $(VENDOR_DIR)/VENDORED
+	rm -rf .vendor-tmp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp_cors
 from aiohttp import web
 
-from server.handlers import chat, deletion, events, health, ingest, shops, stats, tokens, tracker
+from server.handlers import chat, dashboard, deletion, events, health, ingest, shops, stats, tokens, tracker
 from server.handlers import insights as insights_handlers
 from server.settings import Settings
 
@@ -61,6 +61,8 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         ("/api/insights/generate", "POST", insights_handlers.post_generate, dashboards),
         ("/api/events", "DELETE", deletion.delete_events, dashboards),
         ("/tracker.js", "GET", tracker.get_tracker, script_anyone),
+        ("/", "GET", dashboard.index, dashboards),
+        ("/dashboard/{path:.+}", "GET", dashboard.asset, dashboards),
     ]
     resources: dict[str, web.Resource] = {}
     for path, method, handler, policy in table:
