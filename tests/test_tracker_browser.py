@@ -141,7 +141,7 @@ class Flowtel:
         return [{**dict(row), "properties": json.loads(row["properties"])} for row in rows]
 
     async def wait_events(self, shop_id: str, done: Callable[[list[dict[str, Any]]], bool],
-                          timeout: float = 10.0) -> list[dict[str, Any]]:
+                          timeout: float = 30.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
             events = self.events(shop_id)
