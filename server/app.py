@@ -34,8 +34,7 @@ from server.keys import (
     TRACKER,
     WAREHOUSE,
 )
-from server.limits import Limits
-from server.ratelimit import SlidingWindowLimiter
+from server.limits import Limits, TokenBuckets
 from server.retention import retention_ctx
 from server.routes import setup_routes
 from server.settings import RATE_BURST_SECONDS, Settings, llm_config
@@ -143,7 +142,9 @@ async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
 async def chat_ctx(app: web.Application) -> AsyncIterator[None]:
     """Chat's per-process state: the sandboxes per shop and the per-shop request limiter."""
     app[SANDBOXES] = SandboxCache()
-    app[CHAT_LIMITER] = SlidingWindowLimiter(app[SETTINGS].chat_rate_per_minute, 60_000)
+    # The same token buckets as the other limits: a shop may burst its whole minute, then one request per 60/rate s.
+    per_minute = app[SETTINGS].chat_rate_per_minute
+    app[CHAT_LIMITER] = TokenBuckets(per_minute / 60, per_minute, app[CLOCK])
     yield
     app[SANDBOXES].close()
 

@@ -11,8 +11,7 @@ from analytics.llm import LLM
 from analytics.mirror import Mirror
 from analytics.sandbox import SandboxCache
 from analytics.warehouse import Warehouse
-from server.limits import Limits
-from server.ratelimit import SlidingWindowLimiter
+from server.limits import Limits, TokenBuckets
 from server.settings import Settings
 from server.shops import ShopRegistry
 from server.store import Store
@@ -51,4 +50,4 @@ ADMIN = Principal(shop_id=None, token_id=None)
 PRINCIPAL = web.RequestKey("principal", Principal)
 # Chat: sandboxes per shop (analytics/sandbox.py) and the per-shop request limiter.
 SANDBOXES = web.AppKey("sandboxes", SandboxCache)
-CHAT_LIMITER = web.AppKey("chat_limiter", SlidingWindowLimiter)
+CHAT_LIMITER = web.AppKey("chat_limiter", TokenBuckets)

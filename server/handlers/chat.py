@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +21,6 @@ from server.conversations import Turn, find_conversation, last_turns, messages_o
 from server.errors import ApiError, json_response, read_json_object, validation_error
 from server.events import format_ms, is_uuid, is_valid_shop_id, new_event_id
 from server.keys import CHAT_LIMITER, CLOCK, LLM_CLIENT, MIRROR, SANDBOXES, SETTINGS, STORE, WAREHOUSE
-from server.ratelimit import retry_after_header
 
 log = logging.getLogger("flowtel.chat")
 
@@ -62,12 +62,13 @@ async def _sandbox(request: web.Request, shop_id: str) -> Sandbox:
     return sandbox
 
 
-def _check_rate(request: web.Request, shop_id: str, now_ms: int) -> None:
-    wait = request.app[CHAT_LIMITER].hit(shop_id, now_ms)
-    if wait is not None:
+def _check_rate(request: web.Request, shop_id: str) -> None:
+    wait = request.app[CHAT_LIMITER].take(shop_id)
+    if wait:
         per_minute = request.app[SETTINGS].chat_rate_per_minute
+        seconds = str(max(1, math.ceil(wait)))
         raise ApiError(429, "rate_limited", f"At most {per_minute} chat requests per minute per shop: retry after "
-                       f"{retry_after_header(wait)} s.", headers={"Retry-After": retry_after_header(wait)})
+                       f"{seconds} s.", headers={"Retry-After": seconds})
 
 
 async def _check_budget(request: web.Request, shop_id: str, now_ms: int) -> None:
@@ -113,7 +114,7 @@ async def post_chat(request: web.Request) -> web.Response:
 
     now_ms = request.app[CLOCK]()
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
-    _check_rate(request, shop_id, now_ms)
+    _check_rate(request, shop_id)
     llm = request.app[LLM_CLIENT]
     plan: Plan | None = None
     if llm is None:
