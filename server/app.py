@@ -40,7 +40,7 @@ from server.routes import setup_routes
 from server.settings import RATE_BURST_SECONDS, Settings, llm_config
 from server.shops import ShopRegistry
 from server.store import Store
-from server.telemetry import Telemetry, make_telemetry_middleware
+from server.telemetry import CountedLLM, Telemetry, make_telemetry_middleware
 from server.tracker import load_tracker
 
 log = logging.getLogger("flowtel")
@@ -130,7 +130,8 @@ async def admin_token_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
     """The LLM adapter (None without a provider); its HTTP connections are closed at shutdown."""
-    llm = make_llm(llm_config(app[SETTINGS]))
+    inner = make_llm(llm_config(app[SETTINGS]))
+    llm = CountedLLM(inner, app[TELEMETRY]) if inner is not None else None
     app[LLM_CLIENT] = llm
     if llm is not None:
         log.info("LLM provider %s, model %s", llm.provider, llm.model)
@@ -155,7 +156,7 @@ async def _daily_insights_loop(app: web.Application, hour: int) -> None:
         await asyncio.sleep(seconds_until(hour, now))
         try:
             written = await generate_for_active_shops(app[STORE], app[WAREHOUSE], app[MIRROR], app[LLM_CLIENT],
-                                                      app[CLOCK]())
+                                                      app[CLOCK](), app[SHOPS].timezone_of)
             log.info("daily insights: %d shops, %d insights", len(written), sum(written.values()))
         except Exception:
             log.exception("daily insights failed; next run in a day")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -131,17 +132,21 @@ def seconds_until(hour: int, now: datetime) -> float:
 
 
 async def generate_for_active_shops(store: Store, warehouse: Warehouse, mirror: Mirror | None, llm: LLM | None,
-                                    now_ms: int) -> dict[str, int]:
-    """The daily job's pass: yesterday (UTC) for every shop active in the last week; insights per shop."""
+                                    now_ms: int, timezone_of: Callable[[str], str] = lambda shop_id: "UTC",
+                                    ) -> dict[str, int]:
+    """The daily job's pass: every shop active in the last week, for its last complete day in its own timezone
+    (`timezone_of`: a registered shop's timezone, else UTC); insights per shop."""
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
     if mirror is not None:
         await warehouse.run(lambda conn: mirror.catch_up(conn, CATCH_UP_ROWS))
     shops = await warehouse.run(lambda conn: active_shops(conn, now))
-    day = last_complete_day(now, "UTC")
     written = {}
     for shop_id in shops:
+        tz_name = timezone_of(shop_id)
+        day = last_complete_day(now, tz_name)
         try:
-            written[shop_id] = len(await generate_insights(store, warehouse, None, llm, shop_id, day, "UTC", now_ms))
+            written[shop_id] = len(await generate_insights(store, warehouse, None, llm, shop_id, day, tz_name,
+                                                           now_ms))
         except Exception:
             log.exception("daily insights failed for shop %s", shop_id)
     return written

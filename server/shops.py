@@ -144,6 +144,11 @@ class ShopRegistry:
     def get(self, shop_id: str | None) -> Shop | None:
         return self._shops.get(shop_id) if shop_id is not None else None
 
+    def timezone_of(self, shop_id: str) -> str:
+        """A registered shop's timezone, else UTC: the default for its stats, insights and chat."""
+        shop = self._shops.get(shop_id)
+        return shop.timezone if shop is not None else "UTC"
+
     def all(self) -> list[Shop]:
         return sorted(self._shops.values(), key=lambda shop: shop.id)
 

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from analytics.llm import LLM, Completion, LLMError, Message, ToolSpec
 from server.errors import ERROR_CODE, Handler
 
 # The request's id: the caller's X-Request-Id when it is a sane token, else a new one; echoed on every response.
@@ -55,6 +56,10 @@ class Telemetry:
         self.latency = Histogram("flowtel_http_request_duration_seconds", "HTTP request latency by route.",
                                  ["method", "route", "status"], registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.llm_calls = Counter("flowtel_llm_calls", "LLM requests (insights narration and chat), by outcome.",
+                                 ["provider", "outcome"], registry=self.registry)
+        self.llm_tokens = Counter("flowtel_llm_tokens", "LLM tokens used, input and output.",
+                                  ["provider", "direction"], registry=self.registry)
         self._state: Callable[[], dict[str, Any]] = dict
 
     def watch(self, read: Callable[[], dict[str, Any]]) -> None:
@@ -113,3 +118,29 @@ def access_logger() -> logging.Logger:
         logger.propagate = False
         logger.setLevel(logging.INFO)
     return logger
+
+
+class CountedLLM:
+    """The app's LLM with every call counted in /metrics: calls by outcome, and tokens in and out."""
+
+    def __init__(self, inner: LLM, telemetry: Telemetry) -> None:
+        self.inner = inner
+        self._telemetry = telemetry
+        self.provider = inner.provider
+        self.model = inner.model
+
+    async def complete(self, system: str, messages: list[Message], tools: list[ToolSpec] | None = None, *,
+                       max_tokens: int = 1024) -> Completion:
+        try:
+            completion = await self.inner.complete(system, messages, tools, max_tokens=max_tokens)
+        except LLMError as exc:
+            outcome = f"error_{exc.status}" if exc.status else "error"
+            self._telemetry.llm_calls.labels(self.provider, outcome).inc()
+            raise
+        self._telemetry.llm_calls.labels(self.provider, "ok").inc()
+        self._telemetry.llm_tokens.labels(self.provider, "input").inc(completion.usage.input_tokens)
+        self._telemetry.llm_tokens.labels(self.provider, "output").inc(completion.usage.output_tokens)
+        return completion
+
+    async def close(self) -> None:
+        await self.inner.close()

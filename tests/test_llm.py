@@ -13,6 +13,7 @@ from analytics.llm import LLM, AnthropicMessages, LLMConfig, LLMError, Message, 
 from server.app import create_app
 from server.keys import LLM_CLIENT
 from server.settings import llm_config, load_settings
+from server.telemetry import CountedLLM
 from tests.conftest import make_settings
 from tests.fake_llm import FAKE_KEY, FakeLLM, Reply
 
@@ -191,6 +192,26 @@ async def test_the_app_holds_the_configured_llm(aiohttp_client: Any, tmp_path: P
     overrides = fake_llm.settings_for(provider) if provider != "none" else {}
     client = await aiohttp_client(create_app(make_settings(tmp_path, **overrides)))
     llm = client.app[LLM_CLIENT]
-    assert isinstance(llm, adapter)
-    if llm is not None:
-        assert llm.model == f"fake-{provider}-model"
+    if provider == "none":
+        assert llm is None
+        return
+    # The adapter, wrapped so that every call shows in /metrics.
+    assert isinstance(llm, CountedLLM) and isinstance(llm.inner, adapter)
+    assert llm.model == f"fake-{provider}-model" and llm.provider == provider
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_llm_calls_and_tokens_are_counted_in_metrics(aiohttp_client: Any, tmp_path: Path, fake_llm: FakeLLM,
+                                                           provider: str) -> None:
+    client = await aiohttp_client(create_app(make_settings(tmp_path, **fake_llm.settings_for(provider))))
+    llm = client.app[LLM_CLIENT]
+    assert llm is not None
+    fake_llm.play(Reply(text="hello", input_tokens=30, output_tokens=7), Reply(status=401))
+    assert (await llm.complete("system", [Message("user", "hi")], max_tokens=50)).text == "hello"
+    with pytest.raises(LLMError):
+        await llm.complete("system", [Message("user", "hi")], max_tokens=50)
+    text = await (await client.get("/metrics")).text()
+    assert f'flowtel_llm_calls_total{{outcome="ok",provider="{provider}"}} 1.0' in text
+    assert f'flowtel_llm_calls_total{{outcome="error_401",provider="{provider}"}} 1.0' in text
+    assert f'flowtel_llm_tokens_total{{direction="input",provider="{provider}"}} 30.0' in text
+    assert f'flowtel_llm_tokens_total{{direction="output",provider="{provider}"}} 7.0' in text

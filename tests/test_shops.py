@@ -226,3 +226,26 @@ async def test_stats_default_to_the_shops_timezone(client: TestClient, admin: di
     assert query["query"]["timezone"] == "Asia/Tokyo"
     unregistered = await (await client.get("/api/stats", params={"shopId": "hats"}, headers=admin)).json()
     assert unregistered["range"]["timezone"] == "UTC"
+
+
+async def test_insights_and_chat_default_to_the_shops_timezone(client: TestClient, admin: dict[str, str]) -> None:
+    await client.post("/api/shops", json={"id": "shoes", "timezone": "Asia/Tokyo"}, headers=admin)
+    await client.post("/api/events", json=[event("shoes", url="https://shoes.example/")] * 3, headers=BROWSER)
+    resp = await client.post("/api/insights/generate", json={"shopId": "shoes"}, headers=admin)
+    assert resp.status == 201
+    insights = (await resp.json())["data"]
+    assert insights and {i["metadata"]["timezone"] for i in insights} == {"Asia/Tokyo"}
+    explicit = await (await client.post("/api/insights/generate", json={"shopId": "shoes", "timezone": "UTC"},
+                                        headers=admin)).json()
+    assert {i["metadata"]["timezone"] for i in explicit["data"]} == {"UTC"}
+
+    # 20:00 UTC yesterday is 05:00 today in Tokyo: "today" counts it only in the shop's timezone.
+    late = [event("hats", sessionId="late", timestamp="2026-11-25T20:00:00Z")]
+    await client.post("/api/shops", json={"id": "hats", "timezone": "Asia/Tokyo"}, headers=admin)
+    assert (await client.post("/api/events", json=late, headers=BROWSER)).status == 201
+    tokyo = await (await client.post("/api/chat", json={"shopId": "hats", "message": "how many sessions today"},
+                                     headers=admin)).json()
+    utc = await (await client.post("/api/chat", json={"shopId": "hats", "message": "how many sessions today",
+                                                      "timezone": "UTC"}, headers=admin)).json()
+    assert tokyo["rows"] != utc["rows"], (tokyo["rows"], utc["rows"])
+    assert 1 in tokyo["rows"][0] and 1 not in utc["rows"][0]

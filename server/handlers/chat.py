@@ -20,7 +20,7 @@ from server.auth import principal_of, scoped_shop
 from server.conversations import Turn, find_conversation, last_turns, messages_of, save_turn, tokens_since
 from server.errors import ApiError, json_response, read_json_object, validation_error
 from server.events import format_ms, is_uuid, is_valid_shop_id, new_event_id
-from server.keys import CHAT_LIMITER, CLOCK, LLM_CLIENT, MIRROR, SANDBOXES, SETTINGS, STORE, WAREHOUSE
+from server.keys import CHAT_LIMITER, CLOCK, LLM_CLIENT, MIRROR, SANDBOXES, SETTINGS, SHOPS, STORE, WAREHOUSE
 
 log = logging.getLogger("flowtel.chat")
 
@@ -95,6 +95,9 @@ async def post_chat(request: web.Request) -> web.Response:
         raise validation_error("message", f"must be a question of 1 to {MAX_MESSAGE_CHARS} characters")
     message = message.strip()
     tz_raw = doc.get("timezone")
+    shop = request.app[SHOPS].get(shop_id)
+    if tz_raw is None and shop is not None:
+        tz_raw = shop.timezone  # a registered shop's own timezone is the default
     if tz_raw is not None and not isinstance(tz_raw, str):
         raise validation_error("timezone", "must be an IANA timezone name such as Europe/Berlin")
     try:

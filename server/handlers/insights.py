@@ -13,7 +13,7 @@ from server.errors import json_response, read_json_object, validation_error
 from server.events import is_valid_shop_id
 from server.handlers.events import MAX_LIMIT, _int_param
 from server.insights import INSIGHT_TYPES, InsightFilter, generate_insights, last_complete_day, list_insights
-from server.keys import CLOCK, LLM_CLIENT, MIRROR, STORE, WAREHOUSE
+from server.keys import CLOCK, LLM_CLIENT, MIRROR, SHOPS, STORE, WAREHOUSE
 
 _SHOP_RULE = "must be 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-'"
 
@@ -54,7 +54,10 @@ async def post_generate(request: web.Request) -> web.Response:
     shop_id = _shop(request, doc.get("shopId"))
     if shop_id is None:
         raise validation_error("shopId", "is required: insights are generated for one shop")
-    tz_name = _timezone(doc.get("timezone"))
+    # A registered shop's own timezone is the default (its days are the shop's days).
+    shop = request.app[SHOPS].get(shop_id)
+    tz_raw = doc.get("timezone")
+    tz_name = _timezone(tz_raw if tz_raw is not None or shop is None else shop.timezone)
     now_ms = request.app[CLOCK]()
     day = _day(doc.get("date"), last_complete_day(datetime.fromtimestamp(now_ms / 1000, UTC), tz_name))
     app = request.app
