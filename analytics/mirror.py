@@ -4,6 +4,7 @@ deletion tombstones past a second watermark in the same transaction."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ SELECT seq, id, shop_id, session_id, event_type, event_name, properties, ts, url
        coalesce(p[1], p[2], p[3]) AS product_id,
        coalesce(p[4], p[5], p[6]) AS order_id,
        try_cast(coalesce(p[7], p[8], p[9]) AS DOUBLE) AS order_value,
-       upper(coalesce(nullif(trim(p[10]), ''), 'USD')) AS currency
+       upper(coalesce(nullif(trim(p[10]), ''), shop_currency, 'USD')) AS currency
 FROM (
     SELECT seq, id, shop_id, session_id, event_type, event_name, properties::JSON AS properties,
            epoch_ms(timestamp)::TIMESTAMPTZ AS ts, nullif(url, '') AS url, nullif(referrer, '') AS referrer,
@@ -57,8 +58,9 @@ FROM (
            {_query_param("url", "utm_campaign")} AS utm_campaign,
            device, nullif(browser, '') AS browser, nullif(os, '') AS os, nullif(country, '') AS country,
            is_bot <> 0 AS is_bot, visitor_hash,
-           CASE WHEN properties <> '{{}}' THEN json_extract_string(properties, {_PATH_LIST}) END AS p
-    FROM mirror_batch
+           CASE WHEN properties <> '{{}}' THEN json_extract_string(properties, {_PATH_LIST}) END AS p,
+           mirror_currencies.currency AS shop_currency
+    FROM mirror_batch LEFT JOIN mirror_currencies USING (shop_id)
 )
 """
 UPDATE_STATE = "UPDATE mirror_state SET watermark = ?, delete_watermark = ?, last_sync_at = now() WHERE id = 1"
@@ -70,6 +72,8 @@ RESET_MIRROR = ["DELETE FROM events", "UPDATE mirror_state SET watermark = 0, de
 # restored (older) store has lower ones than the mirror's watermarks.
 SELECT_TOMBSTONES = "SELECT seq, event_seq FROM deletions WHERE seq > ? ORDER BY seq LIMIT ?"
 SELECT_TOMBSTONE_MAX = "SELECT coalesce(max(seq), 0) FROM deletions"
+# A registered shop's currency is the default for its purchases that name none (else USD).
+SELECT_SHOP_CURRENCIES = "SELECT id, currency FROM shops"
 SELECT_HIGH_WATER = """
 SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
        coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deletions'), 0)
@@ -148,6 +152,7 @@ class Mirror:
         try:
             if batch is not None and rows:
                 conn.register("mirror_batch", batch)
+                conn.register("mirror_currencies", self._shop_currencies())
                 conn.execute(INSERT_BATCH)
             if tombstones:
                 seqs = pa.table({"event_seq": pa.array([t[1] for t in tombstones], pa.int64())})
@@ -163,6 +168,7 @@ class Mirror:
         finally:
             if batch is not None and rows:
                 conn.unregister("mirror_batch")
+                conn.unregister("mirror_currencies")
             if tombstones:
                 conn.unregister("mirror_tombstones")
         self.status.watermark = new_watermark
@@ -170,6 +176,14 @@ class Mirror:
         self.status.rows_copied += rows
         self.status.rows_deleted += deleted
         return rows
+
+    def _shop_currencies(self) -> pa.Table:
+        try:
+            pairs = self.source.query(SELECT_SHOP_CURRENCIES)
+        except sqlite3.OperationalError:  # a store from before shops existed: every default is USD
+            pairs = []
+        return pa.table({"shop_id": pa.array([p[0] for p in pairs], pa.string()),
+                         "currency": pa.array([p[1] for p in pairs], pa.string())})
 
     def _check_source(self, conn: duckdb.DuckDBPyConnection) -> None:
         """Start over when SQLite is behind the mirror (a restored backup): the mirror must never show rows SQLite

@@ -249,3 +249,18 @@ async def test_insights_and_chat_default_to_the_shops_timezone(client: TestClien
                                                       "timezone": "UTC"}, headers=admin)).json()
     assert tokyo["rows"] != utc["rows"], (tokyo["rows"], utc["rows"])
     assert 1 in tokyo["rows"][0] and 1 not in utc["rows"][0]
+
+
+async def test_a_purchase_without_currency_counts_in_the_shops_currency(client: TestClient,
+                                                                       admin: dict[str, str]) -> None:
+    await client.post("/api/shops", json={"id": "shoes", "currency": "EUR"}, headers=admin)
+    purchase = {"eventType": "purchase", "properties": {"orderId": "o-1", "value": 40}}
+    priced = {"eventType": "purchase", "properties": {"orderId": "o-2", "value": 10, "currency": "GBP"}}
+    for shop in ("shoes", "hats"):
+        resp = await client.post("/api/events", json=[event(shop, **purchase), event(shop, **priced)],
+                                 headers=BROWSER)
+        assert resp.status == 201
+    shoes = await (await client.get("/api/stats", params={"shopId": "shoes"}, headers=admin)).json()
+    hats = await (await client.get("/api/stats", params={"shopId": "hats"}, headers=admin)).json()
+    assert sorted((m["currency"], m["amount"]) for m in shoes["totals"]["revenue"]) == [("EUR", 40.0), ("GBP", 10.0)]
+    assert sorted((m["currency"], m["amount"]) for m in hats["totals"]["revenue"]) == [("GBP", 10.0), ("USD", 40.0)]
