@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -71,11 +72,19 @@ class Telemetry:
 
 
 def make_telemetry_middleware(telemetry: Telemetry) -> Any:
+    # Request ids: a random per-process prefix and a counter, 32 hex digits. Unique without a urandom syscall per
+    # request (uuid4 costs one, on the hottest path we have).
+    prefix = secrets.token_hex(8)
+    counter = itertools.count(1)
+
+    def next_id() -> str:
+        return f"{prefix}{next(counter):016x}"
+
     @web.middleware
     async def telemetry_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         given = request.headers.get("X-Request-Id")
-        request_id = given if given is not None and _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        request_id = given if given is not None and _REQUEST_ID_RE.fullmatch(given) else next_id()
         request[REQUEST_ID] = request_id
         try:
             response = await handler(request)
