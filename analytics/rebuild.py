@@ -72,9 +72,10 @@ def _source_rows(sqlite_path: Path) -> int:
         conn.close()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (after a rename, so the new name survives a power cut); best effort."""
     with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -135,6 +136,6 @@ def rebuild_warehouse(sqlite_path: Path, duckdb_path: Path, *, memory_limit: str
     # The old file's WAL must never be replayed onto the new file.
     _remove([duckdb_path.with_name(duckdb_path.name + ".wal")])
     os.replace(target, duckdb_path)
-    _fsync_dir(duckdb_path.parent)
+    fsync_path(duckdb_path.parent)
     return RebuildResult(rows=rows, source_rows=source_rows, seconds=time.perf_counter() - started,
                          path=duckdb_path)

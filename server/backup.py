@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import time
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analytics.export import StoreMissing
-from analytics.rebuild import hold_existing, rebuild_warehouse
+from analytics.rebuild import fsync_path, hold_existing, rebuild_warehouse
 from analytics.source import readonly_uri
 
 # Pages copied per backup step (16 MiB at SQLite's default 4 KiB pages); progress is reported between steps.
@@ -35,14 +34,6 @@ class BackupResult:
     pages: int
     seconds: float
 
-
-def _fsync(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _sidecars(path: Path) -> list[Path]:
@@ -114,12 +105,12 @@ def backup_store(db: Path, dest: Path, *, step_pages: int = STEP_PAGES,
     try:
         pages = _copy(db, partial, step_pages=step_pages, progress=progress)
         events, max_seq = _check(partial)
-        _fsync(partial)
+        fsync_path(partial)
         os.replace(partial, dest)
     except BaseException:
         _remove([partial, *_sidecars(partial)])
         raise
-    _fsync(dest.parent)
+    fsync_path(dest.parent)
     return BackupResult(dest, events, max_seq, pages, time.perf_counter() - started)
 
 
@@ -146,7 +137,7 @@ def restore_store(backup: Path, db: Path, duckdb_path: Path, *, memory_limit: st
     try:
         pages = _copy(backup, incoming, step_pages=STEP_PAGES, progress=None)
         events, max_seq = _check(incoming)
-        _fsync(incoming)
+        fsync_path(incoming)
     except BaseException:
         _remove([incoming, *_sidecars(incoming)])
         raise
@@ -162,6 +153,6 @@ def restore_store(backup: Path, db: Path, duckdb_path: Path, *, memory_limit: st
         os.replace(db, aside)
     _remove(_sidecars(db))
     os.replace(incoming, db)
-    _fsync(db.parent)
+    fsync_path(db.parent)
     rebuild_warehouse(db, duckdb_path, memory_limit=memory_limit, progress=False)
     return BackupResult(db, events, max_seq, pages, time.perf_counter() - started)

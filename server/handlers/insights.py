@@ -7,30 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from analytics.timerange import resolve_timezone
-from server.auth import scoped_shop
 from server.errors import json_response, read_json_object, validation_error
-from server.events import is_valid_shop_id
 from server.handlers.events import MAX_LIMIT, _int_param
 from server.insights import INSIGHT_TYPES, InsightFilter, generate_insights, last_complete_day, list_insights
 from server.keys import CLOCK, LLM_CLIENT, MIRROR, SHOPS, STORE, WAREHOUSE
-
-_SHOP_RULE = "must be 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-'"
-
-
-def _shop(request: web.Request, value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or not is_valid_shop_id(value)):
-        raise validation_error("shopId", _SHOP_RULE)
-    return scoped_shop(request, value)
-
-
-def _timezone(value: Any) -> str:
-    if value is not None and not isinstance(value, str):
-        raise validation_error("timezone", "must be an IANA timezone name such as Europe/Berlin")
-    try:
-        return resolve_timezone(value).key
-    except ValueError as exc:
-        raise validation_error("timezone", str(exc)) from None
+from server.params import shop_param, timezone_param
 
 
 def _day(value: Any, latest: date) -> date:
@@ -51,13 +32,13 @@ def _day(value: Any, latest: date) -> date:
 
 async def post_generate(request: web.Request) -> web.Response:
     doc = await read_json_object(request, '{"shopId": "my-shop", "date": "2026-11-25"}')
-    shop_id = _shop(request, doc.get("shopId"))
+    shop_id = shop_param(request, doc.get("shopId"))
     if shop_id is None:
         raise validation_error("shopId", "is required: insights are generated for one shop")
     # A registered shop's own timezone is the default (its days are the shop's days).
     shop = request.app[SHOPS].get(shop_id)
     tz_raw = doc.get("timezone")
-    tz_name = _timezone(tz_raw if tz_raw is not None or shop is None else shop.timezone)
+    tz_name = timezone_param(tz_raw if tz_raw is not None or shop is None else shop.timezone)
     now_ms = request.app[CLOCK]()
     day = _day(doc.get("date"), last_complete_day(datetime.fromtimestamp(now_ms / 1000, UTC), tz_name))
     app = request.app
@@ -68,7 +49,7 @@ async def post_generate(request: web.Request) -> web.Response:
 
 async def list_insights_route(request: web.Request) -> web.Response:
     query = request.query
-    shop_id = _shop(request, query.get("shopId"))
+    shop_id = shop_param(request, query.get("shopId"))
     insight_type = query.get("type")
     if insight_type is not None and insight_type not in INSIGHT_TYPES:
         raise validation_error("type", f"must be one of {', '.join(INSIGHT_TYPES)}")

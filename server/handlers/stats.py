@@ -24,10 +24,10 @@ from analytics.stats import (
     previous_range,
 )
 from analytics.timerange import parse_range, resolve_timezone
-from server.auth import scoped_shop
 from server.errors import json_response, read_json_object, validation_error
-from server.events import is_valid_shop_id, normalise_event_type
+from server.events import normalise_event_type
 from server.keys import CLOCK, LIMITS, MIRROR, SHOPS, WAREHOUSE
+from server.params import shop_param, timezone_param
 
 # Rows a request may copy into the mirror before it answers; the background loop keeps the lag far below this.
 CATCH_UP_ROWS = 5_000_000
@@ -35,19 +35,8 @@ SELECT_FIRST_EVENT = "SELECT min(ts) FROM events WHERE ($shop IS NULL OR shop_id
 _BOOLS = {"true": True, "1": True, "false": False, "0": False}
 
 
-def _shop(request: web.Request, value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or not is_valid_shop_id(value)):
-        raise validation_error("shopId", "must be 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-'")
-    return scoped_shop(request, value)
 
 
-def _timezone(value: Any) -> str:
-    if value is not None and not isinstance(value, str):
-        raise validation_error("timezone", "must be an IANA timezone name such as Europe/Berlin")
-    try:
-        return resolve_timezone(value).key
-    except ValueError as exc:
-        raise validation_error("timezone", str(exc)) from None
 
 
 def _bool(query: Any, name: str) -> bool:
@@ -132,8 +121,8 @@ async def post_query(request: web.Request) -> web.Response:
 
 async def _get_stats(request: web.Request) -> web.Response:
     query = request.query
-    shop_id = _shop(request, query.get("shopId"))
-    tz_name = _timezone(_default_timezone(request, shop_id, query.get("timezone")))
+    shop_id = shop_param(request, query.get("shopId"))
+    tz_name = timezone_param(_default_timezone(request, shop_id, query.get("timezone")))
     tz = resolve_timezone(tz_name)
     now = datetime.fromtimestamp(request.app[CLOCK]() / 1000, UTC)
     period = query.get("period")
@@ -178,8 +167,8 @@ async def _get_stats(request: web.Request) -> web.Response:
 
 async def _post_query(request: web.Request) -> web.Response:
     doc = await read_json_object(request, '{"metrics": ["sessions"]}')
-    shop_id = _shop(request, doc.get("shopId"))
-    tz_name = _timezone(_default_timezone(request, shop_id, doc.get("timezone")))
+    shop_id = shop_param(request, doc.get("shopId"))
+    tz_name = timezone_param(_default_timezone(request, shop_id, doc.get("timezone")))
     tz = resolve_timezone(tz_name)
     include_bots = doc.get("includeBots", False)
     if not isinstance(include_bots, bool):
