@@ -137,11 +137,11 @@ class Mirror:
         watermark, delete_watermark = state.watermark, state.delete_watermark
         if watermark == 0 and delete_watermark == 0:
             # An empty mirror: tombstones committed before the first rows are read name rows it will never see.
-            delete_watermark = int(self.source.query(SELECT_TOMBSTONE_MAX)[0][0])
+            delete_watermark = int(self._deletions(SELECT_TOMBSTONE_MAX, (), [(0,)])[0][0])
         backlog = self.source_max() - watermark
         batch = self.source.read_batch(watermark, self.batch_rows, backlog=backlog) if backlog > 0 else None
         rows = batch.num_rows if batch is not None else 0
-        tombstones = self.source.query(SELECT_TOMBSTONES, (delete_watermark, self.batch_rows))
+        tombstones = self._deletions(SELECT_TOMBSTONES, (delete_watermark, self.batch_rows), [])
         self.status.tombstones_pending = len(tombstones) == self.batch_rows
         if rows == 0 and not tombstones and delete_watermark == state.delete_watermark:
             return 0
@@ -177,10 +177,21 @@ class Mirror:
         self.status.rows_deleted += deleted
         return rows
 
+    def _deletions(self, sql: str, params: tuple[int, ...], missing: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        """A query on the tombstone table; a store the server has not opened since deletions existed has none."""
+        try:
+            return [tuple(row) for row in self.source.query(sql, params)]
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            return missing
+
     def _shop_currencies(self) -> pa.Table:
         try:
             pairs = self.source.query(SELECT_SHOP_CURRENCIES)
-        except sqlite3.OperationalError:  # a store from before shops existed: every default is USD
+        except sqlite3.OperationalError as exc:  # a store from before shops existed: every default is USD
+            if "no such table" not in str(exc):
+                raise
             pairs = []
         return pa.table({"shop_id": pa.array([p[0] for p in pairs], pa.string()),
                          "currency": pa.array([p[1] for p in pairs], pa.string())})
