@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from analytics.llm import LLMConfig
@@ -113,36 +113,33 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, ok: Callable[[float], bool], fix: str) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
         value = float(raw.strip())
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number of seconds, e.g. 1 or 0.5.") from None
-    if not 0 < value <= 3600:
-        raise SettingsError(f"{name}={raw!r} must be more than 0 and at most 3600 seconds.")
+        raise SettingsError(f"{name}={raw!r} is not a number: {fix}.") from None
+    if math.isnan(value) or not ok(value):
+        raise SettingsError(f"{name}={raw!r} is out of range: {fix}.")
     return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _float(env, name, default, lambda v: 0 < v <= 3600, "set seconds above 0 and at most 3600, e.g. 1 or 0.5")
 
 
 def _rate(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number: set a rate per second such as 100, or 0 for no limit.") \
-            from None
-    if not 0 <= value <= 1e9 or math.isnan(value):
-        raise SettingsError(f"{name}={raw!r} is out of range: set a rate per second from 0 (no limit) upwards.")
-    return value
+    return _float(env, name, default, lambda v: 0 <= v <= 1e9, "set a rate per second such as 100, or 0 for no limit")
+
+
 def _hour_or_off(env: Mapping[str, str], name: str, default: int) -> int | None:
     raw = _nonempty(env, name)
     if raw is not None and raw.lower() in _FALSE:
         return None
     return _int(env, name, default, 0, 23)
+
 
 
 def _sqlite_path(raw: str) -> Path:
