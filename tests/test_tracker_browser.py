@@ -66,6 +66,10 @@ async def browser() -> AsyncIterator[Browser]:
     executable = find_chromium(os.environ.get("FLOWTEL_CHROMIUM"), system_chromium_candidates())
     # Chromium refuses to start its sandbox as root (CI containers); the sandbox protects nothing in these tests.
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    # The context's user_agent covers requests the page makes while it lives; a beacon or keepalive fetch sent on
+    # pagehide can finish after the page is gone and then leaves with the browser's own "HeadlessChrome" UA (seen in
+    # CI). The same UA on the command line makes every request, whenever it leaves, look like desktop Chrome.
+    args.append(f"--user-agent={CHROME_UA}")
     async with async_playwright() as playwright:
         instance = await playwright.chromium.launch(executable_path=executable, args=args)
         yield instance
