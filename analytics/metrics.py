@@ -15,6 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+# An event's place in time order, ties broken by arrival: (ts, seq) as one HUGEINT. Aggregates keyed by it run about
+# twice as fast as keyed by the (ts, seq) struct; seq stays below 2^48, so the order is exactly the struct's.
+ORDER_KEY = "(epoch_us(ts)::HUGEINT * 281474976710656 + seq)"
+
 # The base relation: in-range events with session attributes (s_*) and the `counted` flag (the first copy of an
 # order over all time). Parameters: $start, $end (TIMESTAMPTZ), and $shop when scoped to one shop.
 BASE_SQL = """
@@ -26,7 +30,7 @@ WITH ev AS (
     WHERE ts >= $start AND ts < $end {shop_clause} {bot_clause}
 ),
 firsts AS (
-    SELECT arg_min(seq, (ts, seq)) AS seq
+    SELECT arg_min(seq, {order_key}) AS seq
     FROM events
     WHERE event_type = 'purchase' {shop_clause} {bot_clause}
     GROUP BY shop_id, coalesce(order_id, id)
@@ -41,14 +45,15 @@ SELECT ev.*, sess.* EXCLUDE (shop_id, session_id),
 FROM ev JOIN sess USING (shop_id, session_id)
 """
 
-def session_columns(attributes: Iterable[str]) -> str:
+def session_columns(attributes: Iterable[str], key: str = ORDER_KEY) -> str:
     """Per-session aggregates over events: the attributes of its first event (by time, then arrival), its entry and
-    exit pages, event count and duration. Shared by the query API's base and the stats report."""
-    firsts = [f"arg_min_null({name}, (ts, seq)) AS s_{name}" for name in attributes]
+    exit pages, event count and duration. Shared by the query API's base and the stats report; `key` is ORDER_KEY or
+    a column already holding it."""
+    firsts = [f"arg_min_null({name}, {key}) AS s_{name}" for name in attributes]
     return ", ".join([
         *firsts,
-        "arg_min_null(path, (ts, seq)) FILTER (WHERE event_type = 'page_view') AS s_entry_page",
-        "arg_max_null(path, (ts, seq)) FILTER (WHERE event_type = 'page_view') AS s_exit_page",
+        f"arg_min_null(path, {key}) FILTER (WHERE event_type = 'page_view') AS s_entry_page",
+        f"arg_max_null(path, {key}) FILTER (WHERE event_type = 'page_view') AS s_exit_page",
         "count(*) AS s_events",
         "(epoch_ms(max(ts)) - epoch_ms(min(ts))) / 1000.0 AS s_duration",
     ])
@@ -149,10 +154,12 @@ DIMENSIONS: dict[str, Dimension] = {
         # Hour buckets are keyed by their UTC start (epoch seconds): local wall-clock hours repeat when DST ends.
         Dimension("time:hour", "epoch_ms(ts) // 1000 - (epoch_ms(timezone($tz, ts)::TIMESTAMP) // 1000) % 3600",
                   "time", "local hour"),
-        Dimension("time:day", "strftime(timezone($tz, ts), '%Y-%m-%d')", "time", "local date"),
-        Dimension("time:week", "strftime(date_trunc('week', timezone($tz, ts)), '%Y-%m-%d')", "time",
+        # DATE::VARCHAR prints YYYY-MM-DD several times faster than strftime.
+        Dimension("time:day", "timezone($tz, ts)::DATE::VARCHAR", "time", "local date"),
+        Dimension("time:week", "date_trunc('week', timezone($tz, ts)::DATE)::DATE::VARCHAR", "time",
                   "ISO week (Monday start)"),
-        Dimension("time:month", "strftime(timezone($tz, ts), '%Y-%m-01')", "time", "calendar month"),
+        Dimension("time:month", "date_trunc('month', timezone($tz, ts)::DATE)::DATE::VARCHAR", "time",
+                  "calendar month"),
     )
 }
 PROP_PREFIX = "prop:"

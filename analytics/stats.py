@@ -14,6 +14,7 @@ from analytics.metrics import (
     DIMENSIONS,
     LEVEL1,
     METRICS,
+    ORDER_KEY,
     finish_metric,
     format_hour,
     level1_columns,
@@ -174,7 +175,7 @@ def _aggregate(conn: duckdb.DuckDBPyConnection, query: Query, scope: Scope) -> l
 # for a million sessions).
 REPORT_BASE_SQL = """
 WITH firsts AS (
-    SELECT arg_min(seq, (ts, seq)) AS seq
+    SELECT arg_min(seq, ORDER_KEY) AS seq
     FROM events
     WHERE event_type = 'purchase' {shop_clause} {bot_clause}
     GROUP BY shop_id, coalesce(order_id, id)
@@ -188,7 +189,7 @@ SELECT hash(shop_id, session_id) AS sk, seq, ts, event_type, path, product_id,
        event_type = 'purchase' AND seq IN (SELECT seq FROM firsts) AS counted
 FROM events
 WHERE ts >= $start AND ts < $end {shop_clause} {bot_clause}
-"""
+""".replace("ORDER_KEY", ORDER_KEY)
 
 # One row per session: its attributes (from its first event) and every registry LEVEL1 column. With no
 # dimensions, level 1 is exactly this table, so totals and session breakdowns aggregate it directly.
@@ -255,6 +256,17 @@ def _session_breakdowns(conn: duckdb.DuckDBPyConnection) -> dict[str, list[dict[
             "pageViews": finish_metric(METRICS["pageViews"], page_views),
         })
     return out
+
+
+# Events per type need no per-session level: one grouped pass, ordered as aggregate_sql orders a breakdown.
+EVENT_TYPES_SQL = f"""
+SELECT event_type, count(*) AS events FROM report_base
+GROUP BY event_type ORDER BY events DESC, event_type ASC LIMIT {TOP}
+"""
+
+
+def _event_types(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    return [{"value": value, "events": int(events)} for value, events in conn.execute(EVENT_TYPES_SQL).fetchall()]
 
 
 def _breakdown(conn: duckdb.DuckDBPyConnection, scope: Scope, dimension: str, metrics: tuple[str, ...],
@@ -343,7 +355,7 @@ bought AS (
 ),
 seen AS (
     SELECT product_id,
-           arg_min(product_name, (ts, seq)) AS name,
+           arg_min(product_name, ORDER_KEY) AS name,
            count(*) FILTER (WHERE event_type = 'product_view') AS views,
            count(*) FILTER (WHERE event_type = 'add_to_cart') AS carts
     FROM report_base
@@ -356,7 +368,7 @@ SELECT coalesce(s.product_id, b.product_id) AS product_id, coalesce(s.name, b.na
 FROM seen s FULL OUTER JOIN bought b ON s.product_id = b.product_id
 ORDER BY units DESC, views DESC, product_id ASC
 LIMIT 10
-"""
+""".replace("ORDER_KEY", ORDER_KEY)
 
 
 def _top_products(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
@@ -427,7 +439,7 @@ def compute_report(conn: duckdb.DuckDBPyConnection, request: ReportRequest) -> d
             "totals": _totals(conn),
         }
         report["timeseries"] = _timeseries(conn, request)
-        report["eventTypes"] = _breakdown(conn, scope, "eventType", ("events",))
+        report["eventTypes"] = _event_types(conn)
         report["topPages"] = _breakdown(conn, scope, "path", ("pageViews", "sessions"),
                                         (Filter("is", "eventType", ("page_view",)),))
         report.update(_session_breakdowns(conn))
