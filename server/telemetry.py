@@ -77,6 +77,8 @@ def make_telemetry_middleware(telemetry: Telemetry) -> Any:
     prefix = secrets.token_hex(8)
     counter = itertools.count(1)
 
+    histograms: dict[tuple[str, str, int], Any] = {}
+
     def next_id() -> str:
         return f"{prefix}{next(counter):016x}"
 
@@ -94,7 +96,12 @@ def make_telemetry_middleware(telemetry: Telemetry) -> Any:
         response.headers["X-Request-Id"] = request_id
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        telemetry.latency.labels(request.method, name, str(response.status)).observe(time.perf_counter() - started)
+        key = (request.method, name, response.status)
+        histogram = histograms.get(key)
+        if histogram is None:
+            # labels() takes a lock and builds a key on every call; one lookup per (method, route, status) is enough.
+            histogram = histograms[key] = telemetry.latency.labels(key[0], name, str(key[2]))
+        histogram.observe(time.perf_counter() - started)
         if name == "/api/events" and request.method == "POST" and response.status >= 400:
             telemetry.rejected.labels(request.get(ERROR_CODE, str(response.status))).inc()
         return response
