@@ -510,3 +510,26 @@ def test_a_store_from_before_deletions_and_shops_existed_still_mirrors(tmp_path:
     finally:
         warehouse.call(lambda c: mirror.close())
         warehouse.close_sync()
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["in-process", "adbc-child"])
+def test_each_batch_is_stored_clustered_by_shop_and_time(env: Env, bulk: bool) -> None:
+    # Interleaved shops and times, as real traffic arrives; each stored batch must come out in (shop, ts, seq)
+    # order, which is what lets a one-shop report skip other shops' row groups.
+    rng = random.Random(7)
+    events = [base_event(i, shop_id=f"shop{rng.randrange(5)}", timestamp=NOW_MS - rng.randrange(10**6))
+              for i in range(3_000)]
+    insert(env.sqlite_path, events)
+    warehouse = Warehouse(env.duck_path, memory_limit="256MB", threads=2)
+    warehouse.open_sync()
+    env.warehouses.append(warehouse)
+    mirror = env.mirror(warehouse, batch_rows=1_000)
+    mirror.source.bulk_rows = 1 if bulk else 10**9
+    assert warehouse.call(mirror.catch_up) == 3_000
+    stored = warehouse.call(lambda c: c.execute(
+        "SELECT shop_id, epoch_ms(ts), seq FROM events ORDER BY rowid").fetchall())
+    batches = [stored[i:i + 1_000] for i in range(0, 3_000, 1_000)]
+    for number, batch in enumerate(batches):
+        assert batch == sorted(batch)
+        assert sorted(row[2] for row in batch) == list(range(number * 1_000 + 1, number * 1_000 + 1_001))
+    assert duck_rows(warehouse) == sqlite_rows(env.sqlite_path)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
-from analytics.source import SCHEMA, SqliteSource, readonly_uri
+from analytics.source import SCHEMA, SqliteSource, _make_spool, max_batch_seq, readonly_uri
 from server.events import NewEvent, new_event_id
 from server.store import INSERT_EVENT, prepare_database
 
@@ -40,7 +43,7 @@ def test_child_and_in_process_reads_agree_including_read_ahead(tmp_path: Path) -
             if table.num_rows == 0:
                 break
             in_process.append(table)
-            after = table.column("seq")[-1].as_py()
+            after = max_batch_seq(table)
         after = 0
         while True:
             # backlog >= bulk_rows: the ADBC child reads, and reads the next batch ahead
@@ -48,14 +51,21 @@ def test_child_and_in_process_reads_agree_including_read_ahead(tmp_path: Path) -
             if table.num_rows == 0:
                 break
             child.append(table)
-            after = table.column("seq")[-1].as_py()
+            after = max_batch_seq(table)
         assert len(in_process) == len(child) == 7
-        for a, b in zip(in_process, child, strict=True):
+        for number, (a, b) in enumerate(zip(in_process, child, strict=True)):
             assert a.schema == b.schema == SCHEMA
             assert a.equals(b)
+            # Each batch holds the next 300 seqs, stored in (shop, timestamp, seq) order for the mirror.
+            seqs = a.column("seq").to_pylist()
+            assert sorted(seqs) == list(range(number * 300 + 1, min(number * 300 + 300, 2_000) + 1))
+            keys = list(zip(a.column("shop_id").to_pylist(), a.column("timestamp").to_pylist(), seqs, strict=True))
+            assert keys == sorted(keys)
+            assert keys[0][0] == "s0" and keys[-1][0] == "s2"
         # An out-of-order request discards the read-ahead and still answers correctly.
         table = source.read_batch(1_000, 10, backlog=10**6)
-        assert table.column("seq").to_pylist() == list(range(1_001, 1_011))
+        assert sorted(table.column("seq").to_pylist()) == list(range(1_001, 1_011))
+        assert max_batch_seq(table) == 1_010
     finally:
         source.close()
 
@@ -67,3 +77,31 @@ def test_readonly_uri_survives_odd_characters(tmp_path: Path) -> None:
     conn = sqlite3.connect(readonly_uri(path), uri=True)
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (5,)
     conn.close()
+
+
+def test_batch_files_are_removed_and_a_dead_mirrors_leftovers_swept(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    _fill(path, 50)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    spool_parent = _make_spool()
+    parent = Path(spool_parent.name).parent
+    spool_parent.cleanup()
+    stale = parent / f"flowtel-mirror-{int(finished.stdout)}-leftover"
+    stale.mkdir()
+    (stale / "batch-0.arrow").write_bytes(b"x" * 1024)
+    mine = parent / f"flowtel-mirror-{os.getpid()}-live"
+    mine.mkdir()
+    source = SqliteSource(path, bulk_rows=1)
+    try:
+        assert source.read_batch(0, 20, backlog=50).num_rows == 20
+        assert not stale.exists()  # its process is gone
+        assert mine.exists()  # a live process's spool is left alone
+        spool = Path(source._spool.name) if source._spool else None
+        assert spool is not None and spool.is_dir()
+        # Only the read-ahead's file can be there; the batch just read was unlinked once mapped.
+        assert len(list(spool.iterdir())) <= 1
+    finally:
+        source.close()
+        mine.rmdir()
+    assert not spool.exists()
