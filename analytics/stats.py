@@ -157,15 +157,17 @@ class ReportRequest:
     funnel: tuple[str, ...] = DEFAULT_FUNNEL
 
 
-def _run(conn: duckdb.DuckDBPyConnection, sql: Sql) -> list[tuple[Any, ...]]:
-    return conn.execute(sql.text, sql.params).fetchall()
+def _aggregate_sql(query: Query, scope: Scope, sql: Sql) -> str:
+    return aggregate_sql(query, "report_base", sql, timezone=scope.timezone, with_total=False, session_key=("sk",))
 
 
-def _aggregate(conn: duckdb.DuckDBPyConnection, query: Query, scope: Scope) -> list[tuple[Any, ...]]:
-    sql = Sql()
-    sql.text = aggregate_sql(query, "report_base", sql, timezone=scope.timezone, with_total=False,
-                             session_key=("sk",))
-    return _run(conn, sql)
+def _listed(part: str) -> str:
+    """A query's rows as one list of structs, in the query's own order (an empty OVER () keeps it)."""
+    return f"(SELECT list(r ORDER BY n) FROM (SELECT r, row_number() OVER () AS n FROM ({part}) AS r))"
+
+
+def _rows(items: list[dict[str, Any]] | None) -> list[tuple[Any, ...]]:
+    return [tuple(item.values()) for item in items or []]
 
 
 # The report's base: only the columns the report reads (wide text like url or properties costs most to copy),
@@ -194,34 +196,38 @@ WHERE ts >= $start AND ts < $end {shop_clause} {bot_clause}
 # One row per session: its attributes (from its first event) and every registry LEVEL1 column. With no
 # dimensions, level 1 is exactly this table, so totals and session breakdowns aggregate it directly.
 REPORT_SESSIONS_SQL = f"""
-SELECT sk,
-       {session_columns(("source", "utm_campaign", "device", "browser", "os", "country"))},
-       {level1_columns(name for name in LEVEL1 if not name.startswith("s_"))}
-FROM report_base
-GROUP BY sk
+SELECT * EXCLUDE (s_first), unnest(s_first) FROM (
+    SELECT sk,
+           {session_columns(("source", "utm_campaign", "device", "browser", "os", "country"))},
+           {level1_columns(name for name in LEVEL1 if not name.startswith("s_"))}
+    FROM report_base
+    GROUP BY sk
+)
 """
 
 
-def _materialise(conn: duckdb.DuckDBPyConnection, scope: Scope) -> None:
-    params: dict[str, Any] = {"start": scope.start, "end": scope.end}
+def _report_ctes(scope: Scope, sql: Sql) -> str:
+    """The base and per-session relations as materialised CTEs; binds $start, $end and $shop.
+
+    One statement holds them inside DuckDB, within its memory limit (spilling if it must), and the report's queries
+    read them in place: about a third faster than fetching them as Arrow tables and registering those, which copied
+    every string out and held the whole admin view in Python's memory."""
+    sql.params["start"] = scope.start
+    sql.params["end"] = scope.end
     shop_clause = ""
     if scope.shop_id is not None:
-        params["shop"] = scope.shop_id
+        sql.params["shop"] = scope.shop_id
         shop_clause = "AND shop_id = $shop"
     bot_clause = "" if scope.include_bots else "AND NOT is_bot"
-    text = REPORT_BASE_SQL.format(shop_clause=shop_clause, bot_clause=bot_clause)
-    # Held as Arrow tables that DuckDB scans in place: writing a temp table (compressing it) cost more than
-    # every query over it together.
-    # The relation API refuses to run while an earlier execute() result is unread (e.g. a fetchone()).
-    conn.abort()
-    conn.register("report_base", conn.sql(text, params=params).to_arrow_table())
-    conn.register("report_sessions", conn.sql(REPORT_SESSIONS_SQL).to_arrow_table())
+    base = REPORT_BASE_SQL.format(shop_clause=shop_clause, bot_clause=bot_clause)
+    return f"WITH report_base AS MATERIALIZED ({base}), report_sessions AS MATERIALIZED ({REPORT_SESSIONS_SQL})"
 
 
-def _totals(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    columns = ", ".join(METRICS[name].sql for name in TOTAL_METRICS)
-    row = conn.execute(f"SELECT {columns} FROM report_sessions").fetchone()
-    values = row if row is not None else (None,) * len(TOTAL_METRICS)
+TOTALS_SQL = f"SELECT {', '.join(METRICS[name].sql for name in TOTAL_METRICS)} FROM report_sessions"
+
+
+def _totals(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    values = rows[0] if rows else (None,) * len(TOTAL_METRICS)
     return {name: finish_metric(METRICS[name], value) for name, value in zip(TOTAL_METRICS, values, strict=True)}
 
 
@@ -246,10 +252,10 @@ ORDER BY breakdown, rank
 """
 
 
-def _session_breakdowns(conn: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
+def _session_breakdowns(rows: list[tuple[Any, ...]]) -> dict[str, list[dict[str, Any]]]:
     keys = list(SESSION_BREAKDOWNS)
     out: dict[str, list[dict[str, Any]]] = {key: [] for key in keys}
-    for breakdown, value, sessions, page_views in conn.execute(session_breakdowns_sql()).fetchall():
+    for breakdown, value, sessions, page_views in rows:
         out[keys[breakdown]].append({
             "value": value,
             "sessions": finish_metric(METRICS["sessions"], sessions),
@@ -265,15 +271,16 @@ GROUP BY event_type ORDER BY events DESC, event_type ASC LIMIT {TOP}
 """
 
 
-def _event_types(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    return [{"value": value, "events": int(events)} for value, events in conn.execute(EVENT_TYPES_SQL).fetchall()]
+def _event_types(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    return [{"value": value, "events": int(events)} for value, events in rows]
 
 
-def _breakdown(conn: duckdb.DuckDBPyConnection, scope: Scope, dimension: str, metrics: tuple[str, ...],
-               filters: tuple[Filter, ...] = ()) -> list[dict[str, Any]]:
-    query = Query(metrics=metrics, dimensions=(dimension,), filters=(*filters, Filter("is_set", dimension, ())),
-                  order_by=((metrics[0], "desc"),), limit=TOP)
-    rows = _aggregate(conn, query, scope)
+TOP_PAGES = Query(metrics=("pageViews", "sessions"), dimensions=("path",),
+                  filters=(Filter("is", "eventType", ("page_view",)), Filter("is_set", "path", ())),
+                  order_by=(("pageViews", "desc"),), limit=TOP)
+
+
+def _breakdown(rows: list[tuple[Any, ...]], metrics: tuple[str, ...]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         item: dict[str, Any] = {"value": row[0]}
@@ -292,9 +299,10 @@ s{i} AS (
 )"""
 
 
-def funnel_sql(steps: tuple[str, ...]) -> Sql:
-    """Sessions reaching each step at or after their previous step's (earliest chained) time."""
-    sql = Sql()
+def funnel_sql(steps: tuple[str, ...], sql: Sql | None = None) -> Sql:
+    """Sessions reaching each step at or after their previous step's (earliest chained) time; binds $step<i> in
+    `sql` (a new one if not given) and sets its text."""
+    sql = sql if sql is not None else Sql()
     ctes = ["""s0 AS (
     SELECT sk, min(ts) AS t FROM report_base
     WHERE event_type = $step0 AND (event_type <> 'purchase' OR counted)
@@ -309,8 +317,8 @@ def funnel_sql(steps: tuple[str, ...]) -> Sql:
     return sql
 
 
-def _funnel(conn: duckdb.DuckDBPyConnection, steps: tuple[str, ...]) -> list[dict[str, Any]]:
-    row = _run(conn, funnel_sql(steps))[0]
+def _funnel(rows: list[tuple[Any, ...]], steps: tuple[str, ...]) -> list[dict[str, Any]]:
+    row = rows[0]
     out = []
     for i, (step, sessions) in enumerate(zip(steps, row, strict=True)):
         first, prev = row[0], row[i - 1] if i else row[0]
@@ -371,9 +379,9 @@ LIMIT 10
 """.replace("ORDER_KEY", ORDER_KEY)
 
 
-def _top_products(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+def _top_products(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     out = []
-    for product_id, name, views, carts, units, lines in conn.execute(TOP_PRODUCTS_SQL).fetchall():
+    for product_id, name, views, carts, units, lines in rows:
         units_value = float(units)
         out.append({
             "productId": product_id,
@@ -406,11 +414,13 @@ def _change(current: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]
     return change
 
 
-def _timeseries(conn: duckdb.DuckDBPyConnection, request: ReportRequest) -> list[dict[str, Any]]:
+def _timeseries_query(request: ReportRequest) -> Query:
+    return Query(metrics=SERIES_METRICS, dimensions=(f"time:{request.interval}",), limit=MAX_BUCKETS + 10)
+
+
+def _timeseries(rows: list[tuple[Any, ...]], request: ReportRequest) -> list[dict[str, Any]]:
     scope = request.scope
     tz = ZoneInfo(scope.timezone)
-    dimension = f"time:{request.interval}"
-    rows = _aggregate(conn, Query(metrics=SERIES_METRICS, dimensions=(dimension,), limit=MAX_BUCKETS + 10), scope)
     by_key = {row[0]: row[1:] for row in rows}
     series = []
     for key, label in buckets(scope.start, scope.end, tz, request.interval):
@@ -422,40 +432,63 @@ def _timeseries(conn: duckdb.DuckDBPyConnection, request: ReportRequest) -> list
     return series
 
 
+def report_sql(request: ReportRequest) -> Sql:
+    """The whole report as one statement (pure): the materialised base and sessions, then each part's rows as a
+    list of structs, in the order compute_report reads them."""
+    scope = request.scope
+    sql = Sql()
+    ctes = _report_ctes(scope, sql)
+    parts = [
+        TOTALS_SQL,
+        _aggregate_sql(_timeseries_query(request), scope, sql),
+        EVENT_TYPES_SQL,
+        _aggregate_sql(TOP_PAGES, scope, sql),
+        session_breakdowns_sql(),
+        funnel_sql(request.funnel, sql).text,
+        TOP_PRODUCTS_SQL,
+    ]
+    sql.text = f"{ctes} SELECT {', '.join(_listed(part) for part in parts)}"
+    return sql
+
+
+def previous_totals_sql(scope: Scope) -> Sql:
+    """The comparison range's totals as one statement (pure)."""
+    sql = Sql()
+    sql.text = f"{_report_ctes(scope, sql)} {TOTALS_SQL}"
+    return sql
+
+
 def compute_report(conn: duckdb.DuckDBPyConnection, request: ReportRequest) -> dict[str, Any]:
-    """The whole report; runs on the warehouse thread. The base relation is materialised once and shared."""
+    """The whole report; runs on the warehouse thread, one statement (two with a comparison)."""
     scope = request.scope
     tz = ZoneInfo(scope.timezone)
-    _materialise(conn, scope)
-    try:
-        report: dict[str, Any] = {
-            "shopId": scope.shop_id,
-            "range": {
-                "start": scope.start.astimezone(tz).isoformat(timespec="seconds"),
-                "end": scope.end.astimezone(tz).isoformat(timespec="seconds"),
-                "timezone": scope.timezone,
-                "interval": request.interval,
-            },
-            "totals": _totals(conn),
+    sql = report_sql(request)
+    row = conn.execute(sql.text, sql.params).fetchone()
+    assert row is not None
+    totals, series, event_types, top_pages, session_breakdowns, funnel, top_products = (_rows(part) for part in row)
+    report: dict[str, Any] = {
+        "shopId": scope.shop_id,
+        "range": {
+            "start": scope.start.astimezone(tz).isoformat(timespec="seconds"),
+            "end": scope.end.astimezone(tz).isoformat(timespec="seconds"),
+            "timezone": scope.timezone,
+            "interval": request.interval,
+        },
+        "totals": _totals(totals),
+    }
+    report["timeseries"] = _timeseries(series, request)
+    report["eventTypes"] = _event_types(event_types)
+    report["topPages"] = _breakdown(top_pages, TOP_PAGES.metrics)
+    report.update(_session_breakdowns(session_breakdowns))
+    report["funnel"] = _funnel(funnel, request.funnel)
+    report["topProducts"] = _top_products(top_products)
+    if request.compare and request.previous:
+        previous_scope = dataclasses.replace(scope, start=request.previous[0], end=request.previous[1])
+        previous = previous_totals_sql(previous_scope)
+        report["previous"] = _totals(conn.execute(previous.text, previous.params).fetchall())
+        report["range"]["previous"] = {
+            "start": previous_scope.start.astimezone(tz).isoformat(timespec="seconds"),
+            "end": previous_scope.end.astimezone(tz).isoformat(timespec="seconds"),
         }
-        report["timeseries"] = _timeseries(conn, request)
-        report["eventTypes"] = _event_types(conn)
-        report["topPages"] = _breakdown(conn, scope, "path", ("pageViews", "sessions"),
-                                        (Filter("is", "eventType", ("page_view",)),))
-        report.update(_session_breakdowns(conn))
-        report["funnel"] = _funnel(conn, request.funnel)
-        report["topProducts"] = _top_products(conn)
-        if request.compare and request.previous:
-            previous_scope = dataclasses.replace(scope, start=request.previous[0], end=request.previous[1])
-            _materialise(conn, previous_scope)
-            report["previous"] = _totals(conn)
-            report["range"]["previous"] = {
-                "start": previous_scope.start.astimezone(tz).isoformat(timespec="seconds"),
-                "end": previous_scope.end.astimezone(tz).isoformat(timespec="seconds"),
-            }
-            report["change"] = _change(report["totals"], report["previous"])
-    finally:
-        conn.abort()
-        conn.unregister("report_sessions")
-        conn.unregister("report_base")
+        report["change"] = _change(report["totals"], report["previous"])
     return report
