@@ -136,6 +136,9 @@ _COLUMNS = ("id", "shop_id", "session_id", "event_type", "event_name", "properti
 # stored ids are skipped by the unique index. No RETURNING: fetching a row per new event hands the GIL back and forth
 # with the event loop once per row; the row count tells whether every event was new, and only when some were not
 # are the new ids read back (by seq, which only this writer advances). `WHERE true` resolves the upsert ambiguity.
+# Multi-row VALUES statements with every value bound run 2.4x faster inside SQLite (3.40 re-parses the array for each
+# ->>), but sqlite3 binds the values holding the GIL, which the event loop then waits for: end to end, 100-event
+# batches went from 447 down to 405 requests/s. Binding one string keeps the writer off the GIL.
 INSERT_GROUP = (
     f"INSERT INTO events ({', '.join(_COLUMNS)}) "
     f"SELECT {', '.join(f'value ->> {i}' for i in range(len(_COLUMNS)))} FROM json_each(?) WHERE true "
