@@ -186,15 +186,20 @@ def _hour_key(value: str, where: str) -> str:
     return str(int(moment.timestamp()))
 
 
-def base_sql(scope: Scope, sql: Sql) -> str:
-    """The base relation's SELECT for a scope; binds $start, $end, $tz and $shop."""
+def scope_clauses(scope: Scope, sql: Sql) -> tuple[str, str]:
+    """Binds $start, $end and (for one shop) $shop; returns the shop and bot clauses that follow a WHERE."""
     sql.params["start"] = scope.start
     sql.params["end"] = scope.end
     shop_clause = ""
     if scope.shop_id is not None:
         sql.params["shop"] = scope.shop_id
         shop_clause = "AND shop_id = $shop"
-    bot_clause = "" if scope.include_bots else "AND NOT is_bot"
+    return shop_clause, "" if scope.include_bots else "AND NOT is_bot"
+
+
+def base_sql(scope: Scope, sql: Sql) -> str:
+    """The base relation's SELECT for a scope; binds $start, $end, $tz and $shop."""
+    shop_clause, bot_clause = scope_clauses(scope, sql)
     return BASE_SQL.format(shop_clause=shop_clause, bot_clause=bot_clause, order_key=ORDER_KEY,
                            session_columns=session_columns(SESSION_ATTRIBUTES))
 

@@ -290,3 +290,29 @@ def test_count_sql_binds_everything_and_ignores_paging() -> None:
     assert referenced_params(sql) == set(sql.params)
     assert "x'--" not in sql.text and "x'--" in bound_strings(sql)
     assert 4321 not in sql.params.values()
+
+
+# ---------------------------------------------------------------------------------------------- the stats report
+
+
+def test_report_sql_is_one_statement_binding_every_placeholder_once() -> None:
+    from analytics.stats import ReportRequest, previous_totals_sql, report_sql
+
+    start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    request = ReportRequest(scope=Scope("shop-1", start, end, "Europe/Berlin", False), interval="day",
+                            funnel=("page_view", "purchase"))
+    sql = report_sql(request)
+    assert sql.text.startswith("WITH report_base AS MATERIALIZED (")
+    assert sql.text.count("report_sessions AS MATERIALIZED (") == 1
+    assert sql.text.count("row_number() OVER ()") == 7  # totals, series, types, pages, sessions, funnel, products
+    assert {"start": start, "end": end, "shop": "shop-1", "tz": "Europe/Berlin", "step0": "page_view",
+            "step1": "purchase"}.items() <= sql.params.items()
+    assert set(re.findall(r"\$(\w+)", sql.text)) == set(sql.params)
+    assert "AND NOT is_bot" in sql.text
+
+    everyone = report_sql(ReportRequest(scope=Scope(None, start, end, "UTC", True), interval="day"))
+    assert "shop" not in everyone.params and "$shop" not in everyone.text and "is_bot" not in everyone.text
+
+    previous = previous_totals_sql(request.scope)
+    assert set(re.findall(r"\$(\w+)", previous.text)) == set(previous.params) == {"start", "end", "shop"}
+    assert "row_number()" not in previous.text
