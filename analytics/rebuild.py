@@ -14,7 +14,7 @@ import duckdb
 from tqdm import tqdm
 
 from analytics.export import StoreMissing, WarehouseLocked, is_lock_error
-from analytics.mirror import Mirror
+from analytics.mirror import BATCH_ROWS, Mirror
 from analytics.source import readonly_uri
 from analytics.warehouse import SCHEMA, Warehouse
 
@@ -96,7 +96,7 @@ def _cluster(conn: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def rebuild_warehouse(sqlite_path: Path, duckdb_path: Path, *, memory_limit: str = "1GB", batch_rows: int = 100_000,
+def rebuild_warehouse(sqlite_path: Path, duckdb_path: Path, *, memory_limit: str = "1GB", batch_rows: int = BATCH_ROWS,
                       progress: bool = True, progress_file: TextIO | None = None) -> RebuildResult:
     """Build `<duckdb_path>.rebuild` from every SQLite row, sort it by (shop_id, ts), then os.replace it over
     duckdb_path. Refuses (WarehouseLocked) while another process holds the current file; the old file stays

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from analytics.source import SCHEMA, SqliteSource, _make_spool, max_batch_seq, readonly_uri
 from server.events import NewEvent, new_event_id
 from server.store import INSERT_EVENT, prepare_database
@@ -31,10 +33,11 @@ def _fill(path: Path, n: int) -> None:
     conn.close()
 
 
-def test_child_and_in_process_reads_agree_including_read_ahead(tmp_path: Path) -> None:
+@pytest.mark.parametrize("split_rows", [10**9, 100], ids=["one-read", "two-halves"])
+def test_child_and_in_process_reads_agree_including_read_ahead(tmp_path: Path, split_rows: int) -> None:
     path = tmp_path / "events.db"
     _fill(path, 2_000)
-    source = SqliteSource(path, bulk_rows=1)
+    source = SqliteSource(path, bulk_rows=1, split_rows=split_rows)
     try:
         in_process, child = [], []
         after = 0
@@ -66,6 +69,34 @@ def test_child_and_in_process_reads_agree_including_read_ahead(tmp_path: Path) -
         table = source.read_batch(1_000, 10, backlog=10**6)
         assert sorted(table.column("seq").to_pylist()) == list(range(1_001, 1_011))
         assert max_batch_seq(table) == 1_010
+        # Fewer rows left than half a batch: no split point, one read.
+        table = source.read_batch(1_900, 300, backlog=10**6)
+        assert sorted(table.column("seq").to_pylist()) == list(range(1_901, 2_001))
+    finally:
+        source.close()
+
+
+def test_halves_read_around_deleted_rows_neither_overlap_nor_skip(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    _fill(path, 1_000)
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM events WHERE seq % 7 = 0 OR seq BETWEEN 140 AND 160")
+    conn.commit()
+    kept = [int(row[0]) for row in conn.execute("SELECT seq FROM events ORDER BY seq")]
+    conn.close()
+    source = SqliteSource(path, bulk_rows=1, split_rows=2)
+    try:
+        seen: list[int] = []
+        after = 0
+        while True:
+            table = source.read_batch(after, 250, backlog=10**6)
+            if table.num_rows == 0:
+                break
+            seqs = sorted(table.column("seq").to_pylist())
+            assert seqs == kept[len(seen):len(seen) + 250]
+            seen += seqs
+            after = max_batch_seq(table)
+        assert seen == kept
     finally:
         source.close()
 
