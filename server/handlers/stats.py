@@ -143,11 +143,15 @@ async def _get_stats(request: web.Request) -> web.Response:
     else:
         period = period or "30d"
 
-    await _catch_up(request)
-    warehouse = request.app[WAREHOUSE]
+    warehouse, mirror = request.app[WAREHOUSE], request.app[MIRROR]
+    caught_up = False
     if period == "all":
-        first = await warehouse.run(lambda conn: _first_event(conn, shop_id))
-        start, end = period_range(period, now, tz, first)
+        def first_event(conn: duckdb.DuckDBPyConnection) -> datetime | None:
+            mirror.catch_up(conn, CATCH_UP_ROWS)
+            return _first_event(conn, shop_id)
+
+        start, end = period_range(period, now, tz, await warehouse.run(first_event))
+        caught_up = True
     elif period is not None:
         start, end = period_range(period, now, tz)
     interval = interval or default_interval(start, end)
@@ -161,8 +165,13 @@ async def _get_stats(request: web.Request) -> web.Response:
         previous=previous,
         funnel=funnel,
     )
-    report = await warehouse.run(lambda conn: compute_report(conn, report_request))
-    return json_response(report)
+    def report(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        # The catch-up and the report as one job on the DuckDB thread: nothing else queues between them.
+        if not caught_up:
+            mirror.catch_up(conn, CATCH_UP_ROWS)
+        return compute_report(conn, report_request)
+
+    return json_response(await warehouse.run(report))
 
 
 async def _post_query(request: web.Request) -> web.Response:
