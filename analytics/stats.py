@@ -170,34 +170,28 @@ def _rows(items: list[dict[str, Any]] | None) -> list[tuple[Any, ...]]:
     return [tuple(item.values()) for item in items or []]
 
 
-# Each order's first copy over all time: the purchases metrics.BASE_SQL calls `counted`.
-REPORT_FIRSTS_SQL = """
-SELECT arg_min(seq, ORDER_KEY) AS seq
-FROM events
-WHERE event_type = 'purchase' {shop_clause} {bot_clause}
-GROUP BY shop_id, coalesce(order_id, id)
-""".replace("ORDER_KEY", ORDER_KEY)
-
-# The report's in-range events: only the columns the report reads (wide text like url or properties costs most to
-# copy), with the `counted` flag (from `report_firsts`). Properties are kept for purchases only (for their items).
+# The report's base: only the columns the report reads (wide text like url or properties costs most to copy),
+# with the `counted` flag of metrics.BASE_SQL. Properties are kept for purchases only (for their items).
 # Sessions and visitors become 64-bit hashes (`sk`, `visitor_hash`): grouping and copying integers is several
 # times cheaper than 36-byte strings, and a collision among a shop's sessions is vanishingly unlikely (~1e-8
 # for a million sessions).
-REPORT_EVENTS_SQL = """
+REPORT_BASE_SQL = """
+WITH firsts AS (
+    SELECT arg_min(seq, ORDER_KEY) AS seq
+    FROM events
+    WHERE event_type = 'purchase' {shop_clause} {bot_clause}
+    GROUP BY shop_id, coalesce(order_id, id)
+)
 SELECT hash(shop_id, session_id) AS sk, seq, ts, event_type, path, product_id,
        hash(visitor_hash) AS visitor_hash, order_value, currency,
        source, utm_campaign, device, browser, os, country,
        CASE WHEN event_type = 'purchase' THEN properties END AS properties,
        CASE WHEN event_type IN ('product_view', 'add_to_cart') THEN json_extract_string(properties, '$.name')
        END AS product_name,
-       event_type = 'purchase' AND seq IN (SELECT seq FROM report_firsts) AS counted
+       event_type = 'purchase' AND seq IN (SELECT seq FROM firsts) AS counted
 FROM events
 WHERE ts >= $start AND ts < $end {shop_clause} {bot_clause}
-"""
-# What the report's parts read per event. The session attributes are read once per session, straight from the
-# events: the materialised base without those six strings spills far less (admin view at 10M events: -10%).
-REPORT_BASE_COLUMNS = ("sk, seq, ts, event_type, path, product_id, visitor_hash, order_value, currency, properties, "
-                       "product_name, counted")
+""".replace("ORDER_KEY", ORDER_KEY)
 
 # One row per session: its attributes (from its first event) and every registry LEVEL1 column. With no
 # dimensions, level 1 is exactly this table, so totals and session breakdowns aggregate it directly.
@@ -206,25 +200,21 @@ SELECT * EXCLUDE (s_first), unnest(s_first) FROM (
     SELECT sk,
            {session_columns(("source", "utm_campaign", "device", "browser", "os", "country"))},
            {level1_columns(name for name in LEVEL1 if not name.startswith("s_"))}
-    FROM report_events
+    FROM report_base
     GROUP BY sk
 )
 """
 
 
 def _report_ctes(scope: Scope, sql: Sql) -> str:
-    """The report's relations as CTEs; binds $start, $end and $shop. The orders' first copies, the base and the
-    per-session rows are materialised; the in-range events are read twice, by the base and by the sessions.
+    """The base and per-session relations as materialised CTEs; binds $start, $end and $shop.
 
     One statement holds them inside DuckDB, within its memory limit (spilling if it must), and the report's queries
     read them in place: about a fifth faster than fetching them as Arrow tables and registering those, which copied
     every string out and held the whole admin view in Python's memory."""
     shop_clause, bot_clause = scope_clauses(scope, sql)
-    firsts = REPORT_FIRSTS_SQL.format(shop_clause=shop_clause, bot_clause=bot_clause)
-    events = REPORT_EVENTS_SQL.format(shop_clause=shop_clause, bot_clause=bot_clause)
-    return (f"WITH report_firsts AS MATERIALIZED ({firsts}), report_events AS ({events}), "
-            f"report_base AS MATERIALIZED (SELECT {REPORT_BASE_COLUMNS} FROM report_events), "
-            f"report_sessions AS MATERIALIZED ({REPORT_SESSIONS_SQL})")
+    base = REPORT_BASE_SQL.format(shop_clause=shop_clause, bot_clause=bot_clause)
+    return f"WITH report_base AS MATERIALIZED ({base}), report_sessions AS MATERIALIZED ({REPORT_SESSIONS_SQL})"
 
 
 TOTALS_SQL = f"SELECT {', '.join(METRICS[name].sql for name in TOTAL_METRICS)} FROM report_sessions"

@@ -398,10 +398,14 @@ def statement_label(sql: str) -> str:
     from analytics.metrics import DIMENSIONS
 
     text = " ".join(sql.split())
-    if text.startswith("WITH report_firsts AS MATERIALIZED"):
+    if text.startswith("WITH report_base AS MATERIALIZED"):
         if "row_number() OVER ()" in text:
             return "the report: one statement (base, sessions, every part)"
         return "previous-range totals"
+    if text.startswith("CREATE") and "report_base" in text:
+        return "materialise base (ev + sessions + order firsts)"
+    if text.startswith("DROP"):
+        return "drop base"
     for name, dim in DIMENSIONS.items():
         if f"({' '.join(dim.sql.split())}) AS d0" in text:
             return f"breakdown {name}"
