@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 from aiohttp import web
@@ -33,6 +34,7 @@ from server.params import shop_param, timezone_param
 CATCH_UP_ROWS = 5_000_000
 SELECT_FIRST_EVENT = "SELECT min(ts) FROM events WHERE ($shop IS NULL OR shop_id = $shop)"
 _BOOLS = {"true": True, "1": True, "false": False, "0": False}
+T = TypeVar("T")
 
 
 
@@ -76,9 +78,17 @@ def _explicit_range(start_raw: str | None, end_raw: str | None, tz_name: str, no
     return start, end
 
 
-async def _catch_up(request: web.Request) -> None:
+def _caught_up(request: web.Request, fn: Callable[[duckdb.DuckDBPyConnection], T]
+               ) -> Callable[[duckdb.DuckDBPyConnection], T]:
+    """fn as one DuckDB job that first catches the mirror up, so the answer holds every event committed before the
+    request and no mirror pass or other report queues between the two."""
     mirror = request.app[MIRROR]
-    await request.app[WAREHOUSE].run(lambda conn: mirror.catch_up(conn, CATCH_UP_ROWS))
+
+    def job(conn: duckdb.DuckDBPyConnection) -> T:
+        mirror.catch_up(conn, CATCH_UP_ROWS)
+        return fn(conn)
+
+    return job
 
 
 def _scalar(conn: duckdb.DuckDBPyConnection, text: str, params: dict[str, Any]) -> int:
@@ -143,14 +153,11 @@ async def _get_stats(request: web.Request) -> web.Response:
     else:
         period = period or "30d"
 
-    warehouse, mirror = request.app[WAREHOUSE], request.app[MIRROR]
+    warehouse = request.app[WAREHOUSE]
     caught_up = False
     if period == "all":
-        def first_event(conn: duckdb.DuckDBPyConnection) -> datetime | None:
-            mirror.catch_up(conn, CATCH_UP_ROWS)
-            return _first_event(conn, shop_id)
-
-        start, end = period_range(period, now, tz, await warehouse.run(first_event))
+        first = await warehouse.run(_caught_up(request, lambda conn: _first_event(conn, shop_id)))
+        start, end = period_range(period, now, tz, first)
         caught_up = True
     elif period is not None:
         start, end = period_range(period, now, tz)
@@ -166,12 +173,9 @@ async def _get_stats(request: web.Request) -> web.Response:
         funnel=funnel,
     )
     def report(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-        # The catch-up and the report as one job on the DuckDB thread: nothing else queues between them.
-        if not caught_up:
-            mirror.catch_up(conn, CATCH_UP_ROWS)
         return compute_report(conn, report_request)
 
-    return json_response(await warehouse.run(report))
+    return json_response(await warehouse.run(report if caught_up else _caught_up(request, report)))
 
 
 async def _post_query(request: web.Request) -> web.Response:
@@ -193,8 +197,7 @@ async def _post_query(request: web.Request) -> web.Response:
             raise validation_error("dateRange", f"must be one of {', '.join(PERIODS)} or [start, end]")
         first = None
         if date_range == "all":
-            await _catch_up(request)
-            first = await request.app[WAREHOUSE].run(lambda conn: _first_event(conn, shop_id))
+            first = await request.app[WAREHOUSE].run(_caught_up(request, lambda conn: _first_event(conn, shop_id)))
         start, end = period_range(date_range, now, tz, first)
         normalised_range: Any = date_range
     elif (isinstance(date_range, list) and len(date_range) == 2
@@ -217,8 +220,8 @@ async def _post_query(request: web.Request) -> web.Response:
         if bad is not None:
             raise validation_error(f"filters[{bad[0]}]", f"{bad[1]!r} is not a regular expression DuckDB (RE2) "
                                    "accepts: look-arounds and back-references are not supported")
-    await _catch_up(request)
-    rows = await request.app[WAREHOUSE].run(lambda conn: conn.execute(sql.text, sql.params).fetchall())
+    rows = await request.app[WAREHOUSE].run(
+        _caught_up(request, lambda conn: conn.execute(sql.text, sql.params).fetchall()))
 
     n_dims = len(query.dimensions)
     results = []
