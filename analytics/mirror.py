@@ -4,7 +4,6 @@ deletion tombstones past a second watermark in the same transaction."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from analytics import sqlitelib
 from analytics.source import SqliteSource, max_batch_seq
 
 log = logging.getLogger("flowtel.mirror")
@@ -190,7 +190,7 @@ class Mirror:
         """A query on the tombstone table; a store the server has not opened since deletions existed has none."""
         try:
             return [tuple(row) for row in self.source.query(sql, params)]
-        except sqlite3.OperationalError as exc:
+        except sqlitelib.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise
             return missing
@@ -198,7 +198,7 @@ class Mirror:
     def _shop_currencies(self) -> pa.Table:
         try:
             pairs = self.source.query(SELECT_SHOP_CURRENCIES)
-        except sqlite3.OperationalError as exc:  # a store from before shops existed: every default is USD
+        except sqlitelib.OperationalError as exc:  # a store from before shops existed: every default is USD
             if "no such table" not in str(exc):
                 raise
             pairs = []

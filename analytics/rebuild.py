@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TextIO
 import duckdb
 from tqdm import tqdm
 
+from analytics import sqlitelib
 from analytics.export import StoreMissing, WarehouseLocked, is_lock_error
 from analytics.mirror import BATCH_ROWS, Mirror
 from analytics.source import readonly_uri
@@ -65,7 +65,7 @@ def hold_existing(path: Path) -> duckdb.DuckDBPyConnection | None:
 
 
 def _source_rows(sqlite_path: Path) -> int:
-    conn = sqlite3.connect(readonly_uri(sqlite_path), uri=True)
+    conn = sqlitelib.connect(readonly_uri(sqlite_path), uri=True)
     try:
         return int(conn.execute(COUNT_SOURCE).fetchone()[0])
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import shutil
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from analytics import sqlitelib
 
 # ADBC infers each column's Arrow type from the first rows it reads, so a text column that starts with NULLs would
 # be typed as an integer; coalescing to '' keeps every text column a string (turned back into NULL in DuckDB).
@@ -92,18 +93,18 @@ class SqliteSource:
         self.path = path
         self.bulk_rows = bulk_rows
         self.split_rows = split_rows
-        self._conn: sqlite3.Connection | None = None
+        self._conn: sqlitelib.Connection | None = None
         self._child: subprocess.Popen[bytes] | None = None
         self._spool: tempfile.TemporaryDirectory[str] | None = None
         self._serial = 0
         # The (after, limit) the child is already reading ahead, so reading overlaps with DuckDB's insert.
         self._pending: tuple[int, int] | None = None
 
-    def _sqlite(self) -> sqlite3.Connection:
+    def _sqlite(self) -> sqlitelib.Connection:
         if self._conn is None:
             # Autocommit (isolation_level=None): each read sees the latest committed rows.
-            self._conn = sqlite3.connect(readonly_uri(self.path), uri=True, isolation_level=None,
-                                         check_same_thread=False)
+            self._conn = sqlitelib.connect(readonly_uri(self.path), uri=True, isolation_level=None,
+                                           check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = 5000")
         return self._conn
 

@@ -7,7 +7,7 @@ Over loopback, with `wrk -t1` and fresh time-ordered event ids in every request,
       synchronous FULL), against an empty store and against a store already holding 10M events;
   (c) a trivial aiohttp server (separate process) that parses the same JSON with orjson and answers 202
       without storing, driven by the same wrk scripts: the parse-only ceiling;
-  (d) plain sqlite3 executemany of the same rows, 1,000 per transaction, into the schema that
+  (d) plain executemany of the same rows (the server's SQLite library), 1,000 per transaction, into the schema that
       server.store.prepare_database creates, empty and at 10M: the storage ceiling;
 and prints events/s, requests/s, p50/p99 latency and the ratios a ÷ c (target >= 0.5) and b ÷ d
 (target >= 0.6) for both store sizes. bench/README.md explains every figure.
@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from analytics import sqlitelib
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = REPO / "bench" / "results"
@@ -522,9 +524,9 @@ def measure_executemany(label: str, store: str, db: Path, seconds: float, synchr
 
     prepare_database(db)
     factory = RowFactory(seed=secrets.randbits(30))
-    conn = sqlite3.connect(db, isolation_level=None)
+    # The server's SQLite library (analytics.sqlitelib) and settings, so only what sits above SQLite differs.
+    conn = sqlitelib.connect(db, isolation_level=None)
     try:
-        # The writer's own settings (server.store.Store.open), so only what sits above SQLite differs.
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA cache_size = -65536")
@@ -718,7 +720,8 @@ def describe_machine(args: argparse.Namespace) -> None:
                 break
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     log(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} x {cpu}; Python {platform.python_version()}, "
-        f"SQLite {sqlite3.sqlite_version}, aiohttp {aiohttp.__version__}; {wrk_version.strip()}")
+        f"SQLite {sqlitelib.version} ({sqlitelib.library.__name__}: the server's and (d)'s), "
+        f"aiohttp {aiohttp.__version__}; {wrk_version.strip()}")
     pins = (f"server on CPU {args.server_cpu}, wrk on CPU {args.wrk_cpu} (taskset)"
             if args.server_cpu is not None else "not pinned (the OS schedules the server's threads and wrk)")
     log(f"wrk -t1 -c{args.connections}, {args.warmup:g} s warm-up + {args.duration:g} s per wrk figure; {pins}")

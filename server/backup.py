@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from analytics import sqlitelib
 from analytics.export import StoreMissing
 from analytics.rebuild import fsync_path, hold_existing, rebuild_warehouse
 from analytics.source import readonly_uri
@@ -47,14 +47,14 @@ def _remove(paths: list[Path]) -> None:
 
 def _check(path: Path) -> tuple[int, int]:
     """(events, max seq) of a complete, intact store; BackupError otherwise."""
-    conn = sqlite3.connect(readonly_uri(path), uri=True)
+    conn = sqlitelib.connect(readonly_uri(path), uri=True)
     try:
         problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
         if problems != ["ok"]:
             raise BackupError(f"{path} fails SQLite's integrity check: {'; '.join(problems[:3])}")
         events, max_seq = conn.execute(SELECT_COUNTS).fetchone()
         return int(events), int(max_seq)
-    except sqlite3.DatabaseError as exc:
+    except sqlitelib.DatabaseError as exc:
         raise BackupError(f"{path} is not a Flowtel SQLite store ({exc})") from None
     finally:
         conn.close()
@@ -70,8 +70,8 @@ def _copy(source: Path, target: Path, *, step_pages: int, progress: Progress | N
         if progress is not None:
             progress(status, remaining, total)
 
-    src = sqlite3.connect(readonly_uri(source), uri=True, isolation_level=None)
-    dst = sqlite3.connect(target, isolation_level=None)
+    src = sqlitelib.connect(readonly_uri(source), uri=True, isolation_level=None)
+    dst = sqlitelib.connect(str(target), isolation_level=None)
     try:
         src.execute("PRAGMA busy_timeout = 5000")
         # One read transaction across every step. In WAL mode it blocks no writer, and every step reads the same
@@ -143,7 +143,7 @@ def restore_store(backup: Path, db: Path, duckdb_path: Path, *, memory_limit: st
         raise
     if db.exists():
         # Fold the old store's WAL into it and keep it aside: its WAL must never be replayed onto the new file.
-        conn = sqlite3.connect(db, isolation_level=None)
+        conn = sqlitelib.connect(str(db), isolation_level=None)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:

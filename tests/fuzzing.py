@@ -7,7 +7,6 @@ import contextlib
 import http.client
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from analytics import sqlitelib
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
@@ -154,7 +155,7 @@ def create_shop_token(server: ServerProcess, shop_id: str, name: str) -> tuple[s
 
 def stored_count(db: Path) -> int:
     """Committed events, read from the SQLite file itself (a WAL reader sees exactly what was committed)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlitelib.connect(f"file:{db}?mode=ro", uri=True)
     try:
         row = conn.execute("SELECT count(*) FROM events").fetchone()
         return int(row[0])
@@ -166,7 +167,7 @@ def stored_ids(db: Path, ids: list[str]) -> set[str]:
     """Which of `ids` the SQLite file holds."""
     if not ids:
         return set()
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlitelib.connect(f"file:{db}?mode=ro", uri=True)
     try:
         marks = ",".join("?" * len(ids))
         return {row[0] for row in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", ids)}

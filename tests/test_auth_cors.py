@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from analytics import sqlitelib
 from server.settings import DEFAULT_CORS_ORIGINS
 from tests.conftest import ADMIN_TOKEN, ClientFactory, assert_error
 
@@ -165,7 +165,7 @@ async def test_token_is_stored_only_as_a_hash(client: TestClient, admin: dict[st
     assert files
     for path in files:
         assert secret not in path.read_bytes(), path
-    with contextlib.closing(sqlite3.connect(tmp_path / "flowtel.db")) as conn:
+    with contextlib.closing(sqlitelib.connect(tmp_path / "flowtel.db")) as conn:
         rows = conn.execute("SELECT * FROM tokens").fetchall()
     assert len(rows) == 1
     assert all(created["token"] not in str(value) for value in rows[0])

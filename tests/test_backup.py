@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import duckdb
 import orjson
 import pytest
 
+from analytics import sqlitelib
 from server.backup import BackupError, backup_store, restore_store
 from tests.test_crash import (
     ADMIN_TOKEN,
@@ -42,7 +42,7 @@ def flowtel(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def rows_of(db: Path) -> dict[str, tuple[object, ...]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlitelib.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return {row[0]: row for row in conn.execute("SELECT id, shop_id, session_id, event_type, properties, "
                                                     "timestamp, created_at, device, visitor_hash FROM events")}

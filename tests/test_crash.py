@@ -15,7 +15,6 @@ import os
 import random
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ import aiohttp
 import orjson
 import pytest
 import uuid_utils
+
+from analytics import sqlitelib
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "crash-test-admin-token-0123456789"
@@ -261,7 +262,7 @@ async def wait_for_acks(ledger: Ledger, count: int, timeout: float = 15.0) -> No
 
 
 def stored_ids(db: Path) -> list[str]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlitelib.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return [row[0] for row in conn.execute("SELECT id FROM events")]
     finally:
@@ -269,7 +270,7 @@ def stored_ids(db: Path) -> list[str]:
 
 
 def integrity(db: Path) -> list[str]:
-    conn = sqlite3.connect(db)
+    conn = sqlitelib.connect(db)
     try:
         return [row[0] for row in conn.execute("PRAGMA integrity_check")]
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from analytics import sqlitelib
 from analytics.rebuild import rebuild_warehouse
 from analytics.warehouse import Warehouse
 from server.keys import STORE
@@ -216,7 +216,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 def delete_seqs(path: Path, seqs: list[int]) -> None:
     """One writer chunk, with the store's own statements."""
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlitelib.connect(path, isolation_level=None)
     try:
         payload = "[" + ",".join(str(s) for s in seqs) + "]"
         conn.execute("BEGIN IMMEDIATE")
@@ -278,8 +278,8 @@ def test_a_crash_between_delete_and_watermark_applies_the_tombstones_once(env: E
 def test_a_store_older_than_the_mirror_is_mirrored_again_from_scratch(env: Env, tmp_path: Path) -> None:
     insert(env.sqlite_path, [base_event(i) for i in range(20)])
     backup = tmp_path / "older.db"
-    src = sqlite3.connect(env.sqlite_path)
-    dst = sqlite3.connect(backup)
+    src = sqlitelib.connect(env.sqlite_path)
+    dst = sqlitelib.connect(backup)
     src.backup(dst)
     src.close()
     dst.close()
@@ -319,7 +319,7 @@ async def test_purge_expired_deletes_only_events_older_than_the_cutoff(tmp_path:
 
 
 def sqlite_timestamps(path: Path) -> list[tuple[int, int]]:
-    conn = sqlite3.connect(path)
+    conn = sqlitelib.connect(path)
     try:
         return [(int(s), int(t)) for s, t in conn.execute("SELECT seq, timestamp FROM events ORDER BY seq")]
     finally:

@@ -6,7 +6,6 @@ import collections
 import json
 import random
 import re
-import sqlite3
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -18,6 +17,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from analytics import sqlitelib
 from analytics.report import change_text, clean, render_html, sparkline, squeeze
 from server.cli import main
 from server.demo import generate_demo_events
@@ -140,7 +140,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _sqlite(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(path)
+    conn = sqlitelib.connect(path)
     try:
         return conn.execute(sql, params).fetchall()
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ import duckdb
 import orjson
 import pytest
 
+from analytics import sqlitelib
 from server.retention import DAY_MS
 from server.store import prepare_database
 from tests.test_crash import (
@@ -53,7 +53,7 @@ FROM n
 
 def seed(db: Path, count: int, tag: int, ts_ms: int) -> None:
     prepare_database(db)
-    conn = sqlite3.connect(db, isolation_level=None)
+    conn = sqlitelib.connect(db, isolation_level=None)
     try:
         conn.execute("BEGIN")
         conn.execute(SEED, {"count": count, "tag": tag, "ts": ts_ms})
@@ -63,7 +63,7 @@ def seed(db: Path, count: int, tag: int, ts_ms: int) -> None:
 
 
 def sqlite_pairs(db: Path) -> set[tuple[int, str]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlitelib.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return {(int(s), str(i)) for s, i in conn.execute("SELECT seq, id FROM events")}
     finally:
@@ -81,7 +81,7 @@ def duck_pairs(path: Path) -> set[tuple[int, str]]:
 
 
 def count_where(db: Path, where: str) -> int:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlitelib.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return int(conn.execute(f"SELECT count(*) FROM events WHERE {where}").fetchone()[0])
     finally:
@@ -185,7 +185,7 @@ MIRROR_KILL = textwrap.dedent("""
 
 def delete_where(db: Path, where: str) -> int:
     """A deletion the way the store does it: tombstones, then the rows."""
-    conn = sqlite3.connect(db, isolation_level=None)
+    conn = sqlitelib.connect(db, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(f"INSERT INTO deletions (event_seq) SELECT seq FROM events WHERE {where}")
@@ -223,7 +223,7 @@ async def test_sigkill_during_a_mirror_batch(tmp_path: Path, servers: list[Serve
 
 
 def count_deleted(db: Path) -> int:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlitelib.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return int(conn.execute("SELECT count(*) FROM deletions").fetchone()[0])
     finally:

@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import io
 import ipaddress
-import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
+from analytics import sqlitelib
 from server.events import format_ms
 from server.keys import STORE
 from tests.conftest import NOW_MS, FakeClock, assert_error
@@ -91,7 +91,7 @@ def db_path(tmp_path: Path) -> Path:
 
 
 def db_query(tmp_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db_path(tmp_path))
+    conn = sqlitelib.connect(db_path(tmp_path))
     try:
         return list(conn.execute(sql, params).fetchall())
     finally:
@@ -519,7 +519,7 @@ async def test_rejected_batch_with_a_stored_duplicate_changes_nothing(client: Te
 async def test_storage_failure_mid_batch_stores_nothing(client: TestClient, admin: dict[str, str],
                                                        tmp_path: Path) -> None:
     # Fault injection below the server: SQLite itself refuses the batch's third row.
-    conn = sqlite3.connect(db_path(tmp_path))
+    conn = sqlitelib.connect(db_path(tmp_path))
     conn.execute("CREATE TRIGGER refuse_boom BEFORE INSERT ON events WHEN NEW.shop_id = 'boom' "
                  "BEGIN SELECT RAISE(ABORT, 'injected failure'); END")
     conn.commit()
@@ -799,7 +799,7 @@ async def test_country_from_a_trusted_proxy(make_client: Any) -> None:
 
 
 def _all_stored_values(tmp_path: Path) -> list[Any]:
-    conn = sqlite3.connect(db_path(tmp_path))
+    conn = sqlitelib.connect(db_path(tmp_path))
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         values: list[Any] = []

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from analytics import sqlitelib
 from server.errors import ApiError
 from server.limits import QueryGate, TokenBuckets
 from tests.conftest import ClientFactory, FakeClock, assert_error
@@ -21,7 +21,7 @@ def event(shop: str = "shoes") -> dict[str, str]:
 
 
 def stored(db: Path) -> int:
-    conn = sqlite3.connect(db)
+    conn = sqlitelib.connect(db)
     try:
         return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
     finally:

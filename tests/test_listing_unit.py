@@ -8,7 +8,6 @@ import contextlib
 import itertools
 import random
 import re
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from analytics import sqlitelib
 from server.listing import (
     Cursor,
     EventFilter,
@@ -91,14 +91,14 @@ def make_rows(rng: random.Random, count: int, first_seq: int = 1) -> list[Row]:
 
 
 @contextlib.contextmanager
-def database(rows: list[Row]) -> Iterator[sqlite3.Connection]:
-    with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+def database(rows: list[Row]) -> Iterator[sqlitelib.Connection]:
+    with contextlib.closing(sqlitelib.connect(":memory:", isolation_level=None)) as conn:
         migrate(conn)
         insert(conn, rows)
         yield conn
 
 
-def insert(conn: sqlite3.Connection, rows: list[Row]) -> None:
+def insert(conn: sqlitelib.Connection, rows: list[Row]) -> None:
     conn.executemany(
         "INSERT INTO events (seq, id, shop_id, session_id, event_type, event_name, properties, timestamp, "
         "created_at, device, is_bot, visitor_hash) VALUES (?, ?, ?, ?, ?, ?, '{}', ?, 0, 'desktop', 0, 'h')",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from analytics import sqlitelib
 from analytics.mirror import Mirror
 from analytics.warehouse import Warehouse
 from server.events import NewEvent
@@ -66,7 +66,7 @@ def props(**values: Any) -> str:
 
 
 def insert(path: Path, events: list[NewEvent]) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlitelib.connect(path, isolation_level=None)
     try:
         conn.execute("BEGIN")
         conn.executemany(INSERT_EVENT, [e.row() for e in events])
@@ -76,7 +76,7 @@ def insert(path: Path, events: list[NewEvent]) -> None:
 
 
 def sqlite_rows(path: Path) -> list[tuple[int, str]]:
-    conn = sqlite3.connect(path)
+    conn = sqlitelib.connect(path)
     try:
         return [(int(s), str(i)) for s, i in conn.execute("SELECT seq, id FROM events ORDER BY seq")]
     finally:
@@ -333,7 +333,7 @@ def seed(env: Env, n: int, *, drop_every: int = 0) -> None:
     """n events; every drop_every-th is deleted afterwards, so seq has gaps the mirror must walk over."""
     insert(env.sqlite_path, [base_event(i) for i in range(n)])
     if drop_every:
-        conn = sqlite3.connect(env.sqlite_path, isolation_level=None)
+        conn = sqlitelib.connect(env.sqlite_path, isolation_level=None)
         try:
             conn.execute("DELETE FROM events WHERE seq % ? = 0", (drop_every,))
         finally:
@@ -493,7 +493,7 @@ def test_a_store_from_before_deletions_and_shops_existed_still_mirrors(tmp_path:
     from server.store import INSERT_EVENT, MIGRATIONS
 
     db = tmp_path / "old.db"
-    conn = sqlite3.connect(db)
+    conn = sqlitelib.connect(db)
     conn.executescript(MIGRATIONS[0])
     conn.execute(INSERT_EVENT, ("0190a7e2-5b1c-7cc1-8d2a-3f4e5a6b7c8d", "s", "x", "purchase", "purchase",
                                 '{"orderId": "o", "value": 5}', 1_795_000_000_000, None, None, None,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import sqlite3
 import string
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
+from analytics import sqlitelib
 from analytics.metrics import DIMENSIONS, METRICS
 from analytics.mirror import Mirror
 from analytics.query import (
@@ -602,7 +602,7 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
     db = directory / "flowtel.db"
     prepare_database(db)
     events = parse_events(parse_body(encode(SEED_EVENTS)), INFO)
-    conn = sqlite3.connect(db, isolation_level=None)
+    conn = sqlitelib.connect(db, isolation_level=None)
     try:
         conn.executemany(INSERT_EVENT, [e.row() for e in events])
     finally:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from analytics import sqlitelib
 from server.shops import Shop, request_host, validate_fields
 from tests.conftest import ClientFactory, assert_error
 
@@ -24,7 +24,7 @@ def event(shop: str, **extra: Any) -> dict[str, Any]:
 
 
 def stored_shops(db: Path) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
+    conn = sqlitelib.connect(db)
     try:
         return conn.execute("SELECT id, name, timezone, currency, domains FROM shops ORDER BY id").fetchall()
     finally:
@@ -190,7 +190,7 @@ async def test_domains_restrict_where_a_shops_events_come_from(client: TestClien
     await assert_error(await client.post("/api/events", json=batch, headers=bad), 403, "forbidden")
     assert (await client.post("/api/events", json=[event("socks")], headers=bad)).status == 201
 
-    conn = sqlite3.connect(tmp_path / "flowtel.db")
+    conn = sqlitelib.connect(tmp_path / "flowtel.db")
     try:
         rows = conn.execute("SELECT shop_id, count(*) FROM events GROUP BY shop_id ORDER BY shop_id").fetchall()
     finally:

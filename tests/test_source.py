@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from analytics import sqlitelib
 from analytics.source import SCHEMA, SqliteSource, _make_spool, max_batch_seq, readonly_uri
 from server.events import NewEvent, new_event_id
 from server.store import INSERT_EVENT, prepare_database
@@ -27,7 +27,7 @@ def _fill(path: Path, n: int) -> None:
             device="other", country=None if i % 2 else "DE", is_bot=i % 5 == 0, visitor_hash="h",
         )
         rows.append(event.row())
-    conn = sqlite3.connect(path)
+    conn = sqlitelib.connect(path)
     conn.executemany(INSERT_EVENT, rows)
     conn.commit()
     conn.close()
@@ -79,7 +79,7 @@ def test_child_and_in_process_reads_agree_including_read_ahead(tmp_path: Path, s
 def test_halves_read_around_deleted_rows_neither_overlap_nor_skip(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     _fill(path, 1_000)
-    conn = sqlite3.connect(path)
+    conn = sqlitelib.connect(path)
     conn.execute("DELETE FROM events WHERE seq % 7 = 0 OR seq BETWEEN 140 AND 160")
     conn.commit()
     kept = [int(row[0]) for row in conn.execute("SELECT seq FROM events ORDER BY seq")]
@@ -105,7 +105,7 @@ def test_readonly_uri_survives_odd_characters(tmp_path: Path) -> None:
     path = tmp_path / "we?ird #dir %20" / "events.db"
     path.parent.mkdir()
     _fill(path, 5)
-    conn = sqlite3.connect(readonly_uri(path), uri=True)
+    conn = sqlitelib.connect(readonly_uri(path), uri=True)
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (5,)
     conn.close()
 

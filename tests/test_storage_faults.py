@@ -4,7 +4,6 @@ by themselves once the fault clears."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import aiosqlite
 import pytest
 from aiohttp.test_utils import TestClient
 
+from analytics import sqlitelib
 from server.keys import STORE
 from tests.conftest import ClientFactory, assert_error
 
@@ -28,7 +28,7 @@ def batch(tag: str, n: int = 200) -> list[dict[str, Any]]:
 
 
 def stored_sessions(db: Path, tag: str) -> int:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlitelib.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return int(conn.execute("SELECT count(*) FROM events WHERE session_id LIKE ?", (f"{tag}-%",)).fetchone()[0])
     finally:
@@ -49,7 +49,7 @@ class Fault:
     def __init__(self, kind: str, db: Path) -> None:
         self.kind = kind
         self.db = db
-        self.locker: sqlite3.Connection | None = None
+        self.locker: sqlitelib.Connection | None = None
 
     async def start(self, client: TestClient) -> None:
         if self.kind == "disk-full":
@@ -62,7 +62,7 @@ class Fault:
         elif self.kind == "locked":
             # Short waits for the lock, so the test does not sit out the production busy timeout of 5 s.
             await on_writer(client, "PRAGMA busy_timeout = 100")
-            self.locker = sqlite3.connect(self.db, isolation_level=None)
+            self.locker = sqlitelib.connect(self.db, isolation_level=None)
             self.locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         else:
             await on_writer(client, "PRAGMA query_only = ON")  # the store refuses every write

@@ -4,15 +4,20 @@ all-or-nothing when the group fails."""
 from __future__ import annotations
 
 import asyncio
+import importlib
+import platform
 import sqlite3
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 
-from server.store import Store
+from analytics import sqlitelib
+from server.store import Store, group_insert, prepare_database
 from tests.test_mirror import base_event, sqlite_rows
 
 
@@ -63,8 +68,74 @@ async def test_a_failing_event_late_in_a_group_stores_nothing_of_the_group(store
     # NOT NULL on shop_id fails on the group's very last row, after thousands were inserted.
     jobs[7][-1] = replace(jobs[7][-1], shop_id=None)
     results = await asyncio.gather(*(store.insert_events(job) for job in jobs), return_exceptions=True)
-    assert all(isinstance(r, sqlite3.IntegrityError) for r in results)
+    assert all(isinstance(r, sqlitelib.IntegrityError) for r in results)
     # The writer carries on: the next group commits.
     assert await store.insert_events(fresh(2, start=60_000)) == [True, True]
     ids = stored_ids(store.path)
     assert ids[:3] == [e.id for e in before] and len(ids) == 5
+
+
+def sqlite_libraries() -> list[object]:
+    """Python's sqlite3 (text JSON) and, where its wheel exists, pysqlite3's current SQLite (JSONB)."""
+    libraries: list[object] = [sqlite3]
+    try:
+        libraries.append(importlib.import_module("pysqlite3.dbapi2"))
+    except ImportError:
+        # The dependency is declared for Linux x86_64: there, a missing library is a broken install, not a skip.
+        assert not (sys.platform == "linux" and platform.machine() == "x86_64"), "pysqlite3-binary is not installed"
+    return libraries
+
+
+def test_the_store_uses_pysqlite3_and_jsonb_where_the_declared_wheel_exists() -> None:
+    if sys.platform == "linux" and platform.machine() == "x86_64":
+        assert sqlitelib.library.__name__ == "pysqlite3.dbapi2" and sqlitelib.has_jsonb()
+    assert "jsonb_each(jsonb(?))" in group_insert(True) and "FROM json_each(?)" in group_insert(False)
+
+
+# Values that JSON text and JSONB could decode differently: escapes, non-ASCII, JSON-looking and number-looking
+# strings, empty strings, NULLs, and integers beyond a double's exact range.
+AWKWARD = [
+    base_event(1, session_id='quote " and \\ backslash', event_name="emoji 🛒 中文 עברית \u2028 line sep",
+               properties=orjson.dumps({"a": [1, {"b": None}], "s": "x\ty\u0000", "n": 1e300}).decode(),
+               url="", referrer="null", user_agent="123", path="true", browser="[1,2]", os='{"a":1}', country=None),
+    base_event(2, timestamp=2**53 + 1, created_at=2**62, is_bot=True, event_name="1e5", device="-0",
+               visitor_hash="0.10"),
+    base_event(3, properties="{}", url=None, referrer=None, user_agent=None, path=None, browser=None, os=None),
+]
+
+
+@pytest.mark.parametrize("library", sqlite_libraries(), ids=lambda lib: getattr(lib, "sqlite_version", "?"))
+def test_the_group_insert_stores_every_value_exactly_as_sent(tmp_path: Path, library: object) -> None:
+    db = tmp_path / "flowtel.db"
+    prepare_database(db)
+    jsonb = library.sqlite_version_info >= (3, 45, 0)  # type: ignore[attr-defined]
+    conn = library.connect(str(db), isolation_level=None)  # type: ignore[attr-defined]
+    try:
+        payload = orjson.dumps([event.row() for event in AWKWARD]).decode()
+        assert conn.execute(group_insert(jsonb), (payload,)).rowcount == len(AWKWARD)
+    finally:
+        conn.close()
+    reader = sqlitelib.connect(db)
+    try:
+        columns = "id, shop_id, session_id, event_type, event_name, properties, timestamp, url, referrer, " \
+                  "user_agent, created_at, path, browser, os, device, country, is_bot, visitor_hash"
+        stored = reader.execute(f"SELECT {columns} FROM events ORDER BY seq").fetchall()
+        types = reader.execute("SELECT typeof(timestamp), typeof(created_at), typeof(is_bot), typeof(properties), "
+                               "typeof(country) FROM events ORDER BY seq").fetchall()
+    finally:
+        reader.close()
+    assert stored == [event.row() for event in AWKWARD]
+    assert types == [("integer", "integer", "integer", "text", "text" if e.country else "null") for e in AWKWARD]
+
+
+def test_nothing_in_the_server_process_opens_sqlite_around_sqlitelib() -> None:
+    """A second SQLite copy in the process would not see the store's locks: every connection goes through sqlitelib."""
+    root = Path(__file__).resolve().parent.parent
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for package in ("server", "analytics")
+        for path in sorted((root / package).rglob("*.py")) if path.name != "sqlitelib.py"
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if line.startswith("import sqlite3") or "sqlite3.connect(" in line or "aiosqlite.connect(" in line
+    ]
+    assert offenders == []

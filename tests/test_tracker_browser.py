@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +20,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, Request, async_playwright
 
+from analytics import sqlitelib
 from server.app import create_app
 from server.tracker import TRACKER_PATH
 from tests.conftest import ADMIN_TOKEN, make_settings
@@ -134,11 +134,11 @@ class Flowtel:
 
     def events(self, shop_id: str) -> list[dict[str, Any]]:
         """The shop's stored events in insertion order, read straight from the SQLite file."""
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
+        conn = sqlitelib.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        conn.row_factory = sqlitelib.Row
         try:
             rows = conn.execute("SELECT * FROM events WHERE shop_id = ? ORDER BY seq", (shop_id,)).fetchall()
-        except sqlite3.OperationalError:  # the schema is not there yet
+        except sqlitelib.OperationalError:  # the schema is not there yet
             return []
         finally:
             conn.close()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from aiohttp import web
 
+from analytics import sqlitelib
 from server import __version__
 from server.errors import ApiError, json_response
 from server.events import format_ms
@@ -20,7 +20,7 @@ async def healthz(request: web.Request) -> web.Response:
     store = request.app[STORE]
     try:
         row = await store.fetchone(SELECT_MAX_SEQ)
-    except sqlite3.Error as exc:
+    except sqlitelib.Error as exc:
         raise ApiError(503, "overloaded", f"Storage is unusable: {exc}.", headers={"Retry-After": "5"}) from None
     if not store.writer_alive:
         raise ApiError(503, "overloaded", "The storage writer is not running.", headers={"Retry-After": "5"})

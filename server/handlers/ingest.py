@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from aiohttp import web
 
+from analytics import sqlitelib
 from server.context import client_ip, country_of
 from server.errors import ApiError, json_response
 from server.events import (
@@ -83,7 +82,7 @@ async def post_events(request: web.Request) -> web.Response:
     try:
         # StoreOverloaded and StoreClosed are ApiErrors (503 overloaded) and pass through as they are.
         created = await store.insert_events(events)
-    except sqlite3.Error:
+    except sqlitelib.Error:
         raise ApiError(503, "overloaded", "Storage cannot take writes right now: retry later; nothing from this "
                        "request was stored.", headers={"Retry-After": "5"}) from None
 
