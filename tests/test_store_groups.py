@@ -75,6 +75,14 @@ async def test_a_failing_event_late_in_a_group_stores_nothing_of_the_group(store
     assert ids[:3] == [e.id for e in before] and len(ids) == 5
 
 
+
+async def test_a_request_with_no_events_in_a_group_leaves_the_others_intact(store: Store) -> None:
+    # Each request's rows arrive serialised; the group's array is joined from them, an empty one included.
+    first, second = fresh(3, start=70_000), fresh(2, start=80_000)
+    outcomes = await asyncio.gather(store.insert_events(first), store.insert_events([]), store.insert_events(second))
+    assert outcomes == [[True] * 3, [], [True] * 2]
+    assert stored_ids(store.path) == [e.id for e in first + second]
+
 def sqlite_libraries() -> list[object]:
     """Python's sqlite3 (text JSON) and, where its wheel exists, pysqlite3's current SQLite (JSONB)."""
     libraries: list[object] = [sqlite3]
