@@ -13,13 +13,13 @@ from analytics.chat import ChatAnswer, QueryLog
 from analytics.metrics import METRICS, finish_metric
 from analytics.query import Filter, Query, Scope, build_query_sql
 from analytics.sandbox import Result, Sandbox
-from analytics.stats import REPORT_BASE_SQL, TOP_PRODUCTS_SQL, local_midnight, period_range
+from analytics.stats import REPORT_BASE_SQL, local_midnight, period_range, top_products_sql
 
 # Registry SQL groups by shop; the sandbox has one shop and no shop column, so it gets a constant one back.
 WITH_SHOP = "WITH events AS (SELECT *, ''::VARCHAR AS shop_id FROM events) SELECT * FROM ({body}) AS q"
 TOP_PRODUCTS = ("WITH events AS (SELECT *, ''::VARCHAR AS shop_id FROM events), report_base AS ("
                 + REPORT_BASE_SQL.format(shop_clause="", bot_clause="AND NOT is_bot")
-                + ") SELECT * FROM (" + TOP_PRODUCTS_SQL + ") AS q")
+                + ") SELECT * FROM (" + top_products_sql("", "AND NOT is_bot") + ") AS q")
 
 EXAMPLES = (
     "How many visitors did we have in the last 7 days?",

@@ -1151,11 +1151,18 @@ async def test_order_first_copy_before_range_is_not_counted_in_range(client: Tes
 
 async def test_top_products_units_revenue_and_names(client: TestClient, admin: dict[str, str]) -> None:
     events = [
+        # The name is the first one seen in the range, from a view or cart of a human visitor: not the day
+        # before, not a bot's, not the later ones, and a view without a name is passed over.
+        simple("tp", "s0", "product_view", "2026-11-19T23:59:00Z", "/products/p1", productId="P1",
+               name="Boot (yesterday)", price=20),
+        Ev("tp", "crawler", "product_view", ms_of("2026-11-20T09:00:00Z"), GOOGLEBOT, "https://tp.example/products/p1",
+           None, {"productId": "P1", "name": "Boot (bot)", "price": 20}),
+        simple("tp", "s1", "product_view", "2026-11-20T09:59:00Z", "/products/p1", productId="P1", price=20),
         simple("tp", "s1", "product_view", "2026-11-20T10:00:00Z", "/products/p1", productId="P1", name="Boot",
                price=20),
         simple("tp", "s1", "product_view", "2026-11-20T10:01:00Z", "/products/p1", productId="P1",
                name="Boot v2", price=20),
-        simple("tp", "s1", "add_to_cart", "2026-11-20T10:02:00Z", "/products/p1", product_id="P1", name="Boot",
+        simple("tp", "s1", "add_to_cart", "2026-11-20T10:02:00Z", "/products/p1", product_id="P1", name="Boot v3",
                price=20, quantity=2),
         simple("tp", "s1", "product_view", "2026-11-20T10:03:00Z", "/products/p2", item_id="P2", name="Hat",
                price=5),
@@ -1178,7 +1185,7 @@ async def test_top_products_units_revenue_and_names(client: TestClient, admin: d
          "revenue": [{"currency": "EUR", "amount": 25.0}]},
         {"productId": "P3", "name": "Scarf", "views": 0, "addToCarts": 0, "purchases": 3,
          "revenue": [{"currency": "USD", "amount": 37.5}]},
-        {"productId": "P1", "name": "Boot", "views": 2, "addToCarts": 1, "purchases": 2,
+        {"productId": "P1", "name": "Boot", "views": 3, "addToCarts": 1, "purchases": 2,
          "revenue": [{"currency": "EUR", "amount": 40.0}]},
     ], "topProducts")
     check(report["totals"]["revenue"], [{"currency": "EUR", "amount": 65.0}, {"currency": "USD", "amount": 37.5}],
