@@ -107,7 +107,7 @@ GROUP BY path ORDER BY pv DESC, path LIMIT 10
 """,
     "sessionBreakdowns": """
 WITH ev AS MATERIALIZED (
-    SELECT session_id, event_type, timestamp AS ts, path, url, referrer, device, browser, os, country,
+    SELECT session_id, event_type, timestamp AS ts, seq, path, url, referrer, device, browser, os, country,
            row_number() OVER (PARTITION BY session_id ORDER BY timestamp, seq) AS rn
     FROM events
     WHERE shop_id = :shop AND timestamp >= :start AND timestamp < :end AND is_bot = 0
@@ -119,8 +119,11 @@ sess AS (
            max(CASE WHEN rn = 1 THEN device END) AS device, max(CASE WHEN rn = 1 THEN browser END) AS browser,
            max(CASE WHEN rn = 1 THEN os END) AS os, max(CASE WHEN rn = 1 THEN country END) AS country,
            sum(event_type = 'page_view') AS pv,
-           substr(min(CASE WHEN event_type = 'page_view' THEN printf('%015d', ts) || path END), 16) AS entry,
-           substr(max(CASE WHEN event_type = 'page_view' THEN printf('%015d', ts) || path END), 16) AS exit
+           -- Same-millisecond page views are ordered by seq, as in the product (ORDER_KEY) and chdb's (ts, seq).
+           substr(min(CASE WHEN event_type = 'page_view' THEN printf('%015d%015d', ts, seq) || path END), 31)
+               AS entry,
+           substr(max(CASE WHEN event_type = 'page_view' THEN printf('%015d%015d', ts, seq) || path END), 31)
+               AS exit
     FROM ev GROUP BY session_id
 ),
 parsed AS (
