@@ -48,6 +48,6 @@ def connect(database: str | os.PathLike[str], **kwargs: Any) -> Connection:
     return library.connect(database, **kwargs)
 
 
-def connect_async(database: str, **kwargs: Any) -> aiosqlite.Connection:
+def connect_async(database: str | os.PathLike[str], **kwargs: Any) -> aiosqlite.Connection:
     """aiosqlite.connect with this library; await it (or use `async with`) to open."""
     return aiosqlite.Connection(functools.partial(library.connect, database, **kwargs), iter_chunk_size=64)

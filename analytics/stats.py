@@ -370,7 +370,7 @@ top AS (
     LIMIT 10
 ),
 -- A product's name as first seen in a view or cart event: read from the JSON of the top ten products' events only,
--- not of every view in the range (the extraction for every row cost about a fifth of the whole report).
+-- not of every view in the range (at 6M events: admin view 2.8 -> 2.1 s, the largest shop ~2% faster).
 names AS (
     SELECT product_id, arg_min(json_extract_string(properties, '$.name'), ORDER_KEY) AS name
     FROM events

@@ -71,7 +71,7 @@ def _copy(source: Path, target: Path, *, step_pages: int, progress: Progress | N
             progress(status, remaining, total)
 
     src = sqlitelib.connect(readonly_uri(source), uri=True, isolation_level=None)
-    dst = sqlitelib.connect(str(target), isolation_level=None)
+    dst = sqlitelib.connect(target, isolation_level=None)
     try:
         src.execute("PRAGMA busy_timeout = 5000")
         # One read transaction across every step. In WAL mode it blocks no writer, and every step reads the same
@@ -143,7 +143,7 @@ def restore_store(backup: Path, db: Path, duckdb_path: Path, *, memory_limit: st
         raise
     if db.exists():
         # Fold the old store's WAL into it and keep it aside: its WAL must never be replayed onto the new file.
-        conn = sqlitelib.connect(str(db), isolation_level=None)
+        conn = sqlitelib.connect(db, isolation_level=None)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:

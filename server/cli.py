@@ -51,7 +51,7 @@ def serve(args: argparse.Namespace) -> None:
 
 async def _token_create(settings: Settings, shop_id: str, name: str) -> tuple[str, str]:
     prepare_database(settings.database_path)
-    async with sqlitelib.connect_async(str(settings.database_path)) as conn:
+    async with sqlitelib.connect_async(settings.database_path) as conn:
         await conn.execute("PRAGMA busy_timeout = 5000")
         token_id = new_event_id()
         token = await create_token(conn, token_id=token_id, shop_id=shop_id, name=name,
@@ -62,14 +62,14 @@ async def _token_create(settings: Settings, shop_id: str, name: str) -> tuple[st
 
 async def _token_list(settings: Settings) -> list[tuple[str, str, str, int]]:
     prepare_database(settings.database_path)
-    async with sqlitelib.connect_async(str(settings.database_path)) as conn:
+    async with sqlitelib.connect_async(settings.database_path) as conn:
         async with conn.execute(SELECT_TOKENS) as cursor:
             return [tuple(row) for row in await cursor.fetchall()]
 
 
 async def _token_revoke(settings: Settings, token_id: str) -> bool:
     prepare_database(settings.database_path)
-    async with sqlitelib.connect_async(str(settings.database_path)) as conn:
+    async with sqlitelib.connect_async(settings.database_path) as conn:
         await conn.execute("PRAGMA busy_timeout = 5000")
         removed = await delete_token(conn, token_id)
         await conn.commit()

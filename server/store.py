@@ -231,7 +231,7 @@ def migrate(conn: sqlitelib.Connection) -> int:
 def prepare_database(path: Path) -> None:
     """Create the directory and file, switch to WAL and run the migrations."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlitelib.connect(str(path), isolation_level=None)
+    conn = sqlitelib.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -303,7 +303,7 @@ class Store:
         await asyncio.to_thread(prepare_database, self.path)
         # Autocommit: a group is one INSERT statement, which SQLite commits atomically on its own, so a group costs
         # a single round trip to the writer thread. Multi-statement jobs open their own transaction (_run_call).
-        self._writer = await sqlitelib.connect_async(str(self.path), isolation_level=None)
+        self._writer = await sqlitelib.connect_async(self.path, isolation_level=None)
         await self._writer.execute("PRAGMA busy_timeout = 5000")
         await self._writer.execute(f"PRAGMA synchronous = {self.synchronous}")
         # Index pages stay hot, so inserts into a store of millions of rows don't wait on page reads.
