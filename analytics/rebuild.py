@@ -119,7 +119,7 @@ def rebuild_warehouse(sqlite_path: Path, duckdb_path: Path, *, memory_limit: str
                 while True:
                     copied = warehouse.call(mirror.sync_once)
                     bar.update(copied)
-                    if copied < batch_rows and not mirror.status.tombstones_pending:
+                    if not mirror.status.pending:
                         break
             rows = warehouse.call(_cluster)
         finally:
