@@ -93,6 +93,9 @@ class Metric:
     kind: str  # count | rate | mean | money
     description: str
     needs: tuple[str, ...] = ()
+    # The same number aggregated straight over the events, used when there are no dimensions (totals): there, it
+    # needs no level-1 columns at all.
+    total_sql: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,9 @@ class Dimension:
     sql: str  # over the base relation; may reference $tz or a bound $p<n> path
     level: str  # event | session | time
     description: str
+    # How a grouped value is shown, around its SQL: groups form on the cheap value, and only the few result rows
+    # are formatted.
+    label: str = "{}"
 
 
 _ORDER_LINES = "flatten(list(l_orders))"
@@ -111,8 +117,11 @@ METRICS: dict[str, Metric] = {
         Metric("events", "sum(n_events)", "count", "events in range", ("n_events",)),
         Metric("pageViews", "sum(n_pageviews)", "count", "page_view events", ("n_pageviews",)),
         Metric("sessions", "count(*)", "count", "distinct sessions"),
+        # A group's events are exactly its sessions' events in it, so the total is their distinct hashes, with no
+        # list per session to merge (8% of a shop's stats report). Per group, the lists are cheaper than grouping
+        # the events by the dimensions a second time.
         Metric("visitors", "len(list_distinct(flatten(list(l_visitors))))", "count",
-               "distinct daily visitor hashes", ("l_visitors",)),
+               "distinct daily visitor hashes", ("l_visitors",), total_sql="count(DISTINCT visitor_hash)"),
         Metric("bounceRate",
                "(count(*) FILTER (WHERE n_pageviews > 0 AND s_events = 1))::DOUBLE"
                " / nullif(count(*) FILTER (WHERE n_pageviews > 0), 0)",
@@ -157,12 +166,13 @@ DIMENSIONS: dict[str, Dimension] = {
         # Hour buckets are keyed by their UTC start (epoch seconds): local wall-clock hours repeat when DST ends.
         Dimension("time:hour", "epoch_ms(ts) // 1000 - (epoch_ms(timezone($tz, ts)::TIMESTAMP) // 1000) % 3600",
                   "time", "local hour"),
-        # DATE::VARCHAR prints YYYY-MM-DD several times faster than strftime.
-        Dimension("time:day", "timezone($tz, ts)::DATE::VARCHAR", "time", "local date"),
-        Dimension("time:week", "date_trunc('week', timezone($tz, ts)::DATE)::DATE::VARCHAR", "time",
-                  "ISO week (Monday start)"),
-        Dimension("time:month", "date_trunc('month', timezone($tz, ts)::DATE)::DATE::VARCHAR", "time",
-                  "calendar month"),
+        # Grouped as DATEs and printed YYYY-MM-DD (DATE::VARCHAR, several times faster than strftime) once per
+        # bucket: printing every event's date took a quarter of a shop's daily series.
+        Dimension("time:day", "timezone($tz, ts)::DATE", "time", "local date", "({})::VARCHAR"),
+        Dimension("time:week", "date_trunc('week', timezone($tz, ts)::DATE)::DATE", "time",
+                  "ISO week (Monday start)", "({})::VARCHAR"),
+        Dimension("time:month", "date_trunc('month', timezone($tz, ts)::DATE)::DATE", "time",
+                  "calendar month", "({})::VARCHAR"),
     )
 }
 PROP_PREFIX = "prop:"

@@ -225,31 +225,46 @@ def aggregate_sql(query: Query, relation: str, sql: Sql, *, timezone: str = "UTC
     dim_cols = [f"({d.sql}) AS d{i}" for i, d in enumerate(dims)]
     dim_names = [f"d{i}" for i in range(len(dims))]
     where = " AND ".join(_filter_sql(f, sql, timezone) for f in query.filters)
-    needs = {column for name in query.metrics for column in METRICS[name].needs}
+    filtered = f"FROM {relation} {'WHERE ' + where if where else ''}"
+    # Without dimensions, a metric with a total_sql reads the events directly (joined as one row).
+    direct = [] if dim_names else [name for name in query.metrics if METRICS[name].total_sql]
+    needs = {column for name in query.metrics if name not in direct for column in METRICS[name].needs}
     level1 = level1_columns(needs) or "count(*) AS n_events"
     level1 = (
-        f"SELECT {', '.join([*dim_cols, *session_key, level1])} "
-        f"FROM {relation} {'WHERE ' + where if where else ''} "
+        f"SELECT {', '.join([*dim_cols, *session_key, level1])} {filtered} "
         f"GROUP BY {', '.join([*dim_names, *session_key])}"
     )
-    metric_cols = [f"{METRICS[name].sql} AS m{i}" for i, name in enumerate(query.metrics)]
-    total_col = ["count(*) OVER () AS total_rows"] if with_total else []
     group = f"GROUP BY {', '.join(dim_names)}" if dim_names else ""
+    level2_cols: list[str] = []
+    direct_cols: list[str] = []
+    for i, name in enumerate(query.metrics):
+        if name in direct:
+            direct_cols.append(f"{METRICS[name].total_sql} AS m{i}")
+        else:
+            level2_cols.append(f"{METRICS[name].sql} AS m{i}")
+    if any(name in query.metrics and METRICS[name].kind == "money" for name, _ in query.order_by):
+        level2_cols.append(f"{MONEY_ORDER_SQL} AS money_order")
+    # With neither dimensions nor level-2 metrics, an aggregate still makes level 2 the one row of the total.
+    groups = f"SELECT {', '.join([*dim_names, *level2_cols] or ['count(*) AS n_rows'])} FROM ({level1}) AS l1 {group}"
+    source = f"({groups}) AS l2"
+    if direct_cols:
+        source += f" CROSS JOIN (SELECT {', '.join(direct_cols)} {filtered}) AS e"
+    metric_cols = [f"m{i}" for i in range(len(query.metrics))]
+    total_col = ["count(*) OVER () AS total_rows"] if with_total else []
     order_terms = []
     for name, direction in query.order_by:
         if name in query.metrics:
             metric = METRICS[name]
-            expr = MONEY_ORDER_SQL if metric.kind == "money" else f"m{query.metrics.index(name)}"
+            expr = "money_order" if metric.kind == "money" else f"m{query.metrics.index(name)}"
         else:
-            expr = f"d{query.dimensions.index(name)}"
+            expr = f"l2.d{query.dimensions.index(name)}"
         order_terms.append(f"{expr} {direction.upper()} NULLS LAST")
     # Deterministic pages: always finish with the dimensions.
-    order_terms.extend(f"{d} ASC NULLS LAST" for d in dim_names)
+    order_terms.extend(f"l2.{d} ASC NULLS LAST" for d in dim_names)
     order = f"ORDER BY {', '.join(order_terms)}" if order_terms else ""
     limit = f"LIMIT {sql.bind(query.limit)} OFFSET {sql.bind(query.offset)}" if paged else ""
-    return (
-        f"SELECT {', '.join([*dim_names, *metric_cols, *total_col])} FROM ({level1}) AS l1 {group} {order} {limit}"
-    )
+    selected = [f"{dim.label.format(f'l2.d{i}')} AS d{i}" for i, dim in enumerate(dims)] + metric_cols + total_col
+    return f"SELECT {', '.join(selected)} FROM {source} {order} {limit}"
 
 
 def build_query_sql(query: Query, scope: Scope) -> Sql:

@@ -191,13 +191,14 @@ FROM events
 WHERE ts >= $start AND ts < $end {shop_clause} {bot_clause}
 """.replace("ORDER_KEY", ORDER_KEY)
 
-# One row per session: its attributes (from its first event) and every registry LEVEL1 column. With no
-# dimensions, level 1 is exactly this table, so totals and session breakdowns aggregate it directly.
+# One row per session: its attributes (from its first event) and the registry's LEVEL1 columns. With no
+# dimensions, level 1 is exactly this table, so totals and session breakdowns aggregate it directly (visitors, which
+# have a Metric.total_sql, are counted from report_base instead, so no list of visitor hashes is built here).
 REPORT_SESSIONS_SQL = f"""
 SELECT * EXCLUDE (s_first), unnest(s_first) FROM (
     SELECT sk,
            {session_columns(("source", "utm_campaign", "device", "browser", "os", "country"))},
-           {level1_columns(name for name in LEVEL1 if not name.startswith("s_"))}
+           {level1_columns(name for name in LEVEL1 if not name.startswith("s_") and name != "l_visitors")}
     FROM report_base
     GROUP BY sk
 )
@@ -215,7 +216,10 @@ def _report_ctes(scope: Scope, sql: Sql) -> str:
     return f"WITH report_base AS MATERIALIZED ({base}), report_sessions AS MATERIALIZED ({REPORT_SESSIONS_SQL})"
 
 
-TOTALS_SQL = f"SELECT {', '.join(METRICS[name].sql for name in TOTAL_METRICS)} FROM report_sessions"
+TOTALS_SQL = "SELECT " + ", ".join(
+    f"(SELECT {METRICS[name].total_sql} FROM report_base)" if METRICS[name].total_sql else METRICS[name].sql
+    for name in TOTAL_METRICS
+) + " FROM report_sessions"
 
 
 def _totals(rows: list[tuple[Any, ...]]) -> dict[str, Any]:

@@ -589,3 +589,22 @@ async def test_invalid_json(client: TestClient, admin: dict[str, str]) -> None:
 async def test_body_must_be_an_object(client: TestClient, admin: dict[str, str]) -> None:
     resp = await client.post("/api/query", json=[{"metrics": ["events"]}], headers=admin)
     await assert_error(resp, 400, "validation_failed")
+
+
+async def test_visitors_alone_filtered_by_day_and_in_an_empty_range(api: TestClient, admin: dict[str, str]) -> None:
+    # Visitors as the only metric, without dimensions, are counted from the events (Metric.total_sql), with no
+    # level-1 column at all: still exactly one row, filters apply, and an empty range counts 0, not no row.
+    assert await one(api, admin, shopId="shopA", dateRange="7d", metrics=["visitors"]) == [4]
+    assert await one(api, admin, shopId="shopA", dateRange="7d", metrics=["visitors"],
+                     filters=[["is", "device", "mobile"]]) == [1]
+    assert await one(api, admin, shopId="shopA", dateRange="7d", metrics=["visitors", "sessions"],
+                     filters=[["is", "country", "DE"]]) == [2, 2]
+    assert await one(api, admin, shopId="nobody", dateRange="7d", metrics=["visitors"]) == [0]
+    # Per local day (grouped as dates, printed YYYY-MM-DD): each day's visitors through the lists per session.
+    days = await rows(api, admin, shopId="shopA", dateRange="7d", metrics=["visitors", "sessions"],
+                      dimensions=["time:day"], orderBy=[["time:day", "asc"]])
+    assert all(len(d[0]) == 10 and d[0][4] == "-" for d, _ in days)
+    assert [d[0] for d, _ in days] == sorted(d[0] for d, _ in days)
+    one_day = days[0][0][0]
+    assert await one(api, admin, shopId="shopA", dateRange="7d", metrics=["visitors", "sessions"],
+                     filters=[["is", "time:day", one_day]]) == days[0][1]

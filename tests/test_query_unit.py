@@ -316,3 +316,14 @@ def test_report_sql_is_one_statement_binding_every_placeholder_once() -> None:
     previous = previous_totals_sql(request.scope)
     assert set(re.findall(r"\$(\w+)", previous.text)) == set(previous.params) == {"start", "end", "shop"}
     assert "row_number()" not in previous.text
+
+
+def test_totals_count_visitors_from_the_events_and_groups_list_them_per_session() -> None:
+    total = build_query_sql(parse_query({"metrics": ["visitors", "sessions"]}), SCOPE).text
+    assert "count(DISTINCT visitor_hash) AS m0" in total
+    assert "l_visitors" not in total  # no list of hashes per session without dimensions
+    by_day = build_query_sql(parse_query({"metrics": ["visitors"], "dimensions": ["time:day"]}), SCOPE).text
+    assert "l_visitors" in by_day and "count(DISTINCT" not in by_day
+    # Days group as DATEs; only the result rows are printed as text.
+    assert "timezone($tz, ts)::DATE) AS d0" in by_day
+    assert "(l2.d0)::VARCHAR AS d0" in by_day
