@@ -298,8 +298,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name, ok in verdicts.items():
         print(f"{'MET   ' if ok else 'MISSED'} {name}")
-    log(f"the whole soak took {time.monotonic() - began:.0f} s; server log: {work / 'server.log'}")
-    if os.environ.get("SOAK_KEEP") != "1":
+    if os.environ.get("SOAK_KEEP") == "1":
+        log(f"the whole soak took {time.monotonic() - began:.0f} s; server log and stores kept in {work}")
+    else:
+        log(f"the whole soak took {time.monotonic() - began:.0f} s (SOAK_KEEP=1 keeps the server log and stores)")
         shutil.rmtree(work, ignore_errors=True)
     sys.exit(0 if missing == 0 and duplicated == 0 else 1)
 
