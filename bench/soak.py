@@ -288,8 +288,9 @@ def main(argv: list[str] | None = None) -> None:
           f"over {len(ledger.stats_ms)} calls (target p99 < 500 ms)")
     print(f"listing p50 / p99             {pct(ledger.list_ms, 50):.1f} / {pct(ledger.list_ms, 99):.1f} ms")
     print(f"mirror lag p50 / p99          {pct(ledger.lag_s, 50):.2f} / {lag_p99:.2f} s (target p99 < 2 s)")
-    print(f"RSS start / after warm-up / end  {start_rss / mib:.0f} / {warm[0] / mib:.0f} / {end_rss / mib:.0f} MiB "
-          f"(growth after warm-up {growth:+.1f}%, target < 10%)")
+    print(f"RSS start / after warm-up / last sample under load / after the load  {start_rss / mib:.0f} / "
+          f"{warm[0] / mib:.0f} / {warm[-1] / mib:.0f} / {end_rss / mib:.0f} MiB "
+          f"(growth under load after warm-up {growth:+.1f}%, target < 10%)")
     verdicts = {
         "no lost or duplicated event": missing == 0 and duplicated == 0,
         "RSS growth < 10%": growth < 10,
