@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
+import duckdb
 from aiohttp import web
 
 from analytics.llm import make_llm
@@ -71,12 +73,19 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 MIRROR_PASS_ROWS = 1_000_000
 
 
+def _mirror_pass(warehouse: Warehouse, mirror: Mirror, conn: duckdb.DuckDBPyConnection) -> None:
+    mirror.catch_up(conn, MIRROR_PASS_ROWS)
+    # Here rather than in DuckDB's own commit-time checkpoint, so the pause falls on this background pass and not
+    # on a stats request's catch-up.
+    warehouse.checkpoint_if_wal_over(conn)
+
+
 async def _mirror_loop(app: web.Application) -> None:
     warehouse, mirror = app[WAREHOUSE], app[MIRROR]
     interval = app[SETTINGS].mirror_interval
     while True:
         try:
-            await warehouse.run(lambda conn: mirror.catch_up(conn, MIRROR_PASS_ROWS))
+            await warehouse.run(functools.partial(_mirror_pass, warehouse, mirror))
         except Exception:
             log.exception("mirror pass failed; retrying in %.1fs", interval)
         await asyncio.sleep(interval)

@@ -4,6 +4,7 @@ catch-up past the watermark."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import re
@@ -25,6 +26,7 @@ from analytics import sqlitelib
 from analytics.mirror import Mirror
 from analytics.warehouse import Warehouse
 from server.events import NewEvent
+from server.keys import WAREHOUSE
 from server.store import INSERT_EVENT, prepare_database
 from tests.conftest import NOW_MS, ClientFactory
 
@@ -202,6 +204,28 @@ async def test_lag_and_last_sync_in_healthz_and_metrics(make_client: ClientFacto
     assert samples["flowtel_mirror_lag_events"] == 0
     assert samples["flowtel_events_ingested_total"] == 3
     assert samples["flowtel_mirror_last_sync_timestamp_seconds"] == pytest.approx(synced.timestamp(), abs=1.0)
+
+
+async def test_the_background_pass_checkpoints_a_large_wal(make_client: ClientFactory,
+                                                              admin: dict[str, str]) -> None:
+    client = await make_client(mirror_interval=0.05)
+    warehouse = client.server.app[WAREHOUSE]
+    warehouse.wal_checkpoint_bytes = 0  # any WAL is "large"
+    batch = [{"shopId": "w1", "sessionId": f"s{i}", "eventType": "page_view", "url": f"https://w.example/{i}",
+              "userAgent": UA_DESKTOP} for i in range(20)]
+    resp = await client.post("/api/events", json=batch)
+    assert resp.status == 201, await resp.text()
+    # The pass that copies the rows writes them to the WAL, then checkpoints it away.
+    for _ in range(200):
+        health = await (await client.get("/healthz")).json()
+        if health["mirror"]["lagEvents"] == 0 and warehouse.wal_bytes() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert health["mirror"]["lagEvents"] == 0
+    assert warehouse.wal_bytes() == 0
+    resp = await client.post("/api/query", json={"shopId": "w1", "metrics": ["events"], "dateRange": "today"},
+                             headers=admin)
+    assert (await resp.json())["results"] == [{"dimensions": [], "metrics": [20]}]
 
 
 async def test_query_api_reads_its_writes(make_client: ClientFactory, admin: dict[str, str]) -> None:
@@ -468,6 +492,27 @@ def test_catch_up_work_is_bounded_and_resumes(env: Env) -> None:
     assert mirror.status.lag_events == 80
     assert warehouse.call(mirror.catch_up) == 80
     assert duck_rows(warehouse) == source
+
+
+def test_a_wal_past_its_limit_is_checkpointed_and_the_rows_stay(env: Env) -> None:
+    insert(env.sqlite_path, [base_event(i) for i in range(10)])
+    warehouse = env.open()
+    mirror = env.mirror(warehouse)
+    assert warehouse.call(mirror.catch_up) == 10
+    # Ten rows went through the WAL; under the default limit nothing happens.
+    wal = warehouse.wal_bytes()
+    assert wal > 0
+    assert warehouse.call(warehouse.checkpoint_if_wal_over) is False
+    assert warehouse.wal_bytes() == wal
+    warehouse.wal_checkpoint_bytes = wal - 1
+    assert warehouse.call(warehouse.checkpoint_if_wal_over) is True
+    assert warehouse.wal_bytes() == 0
+    assert duck_rows(warehouse) == sqlite_rows(env.sqlite_path)
+    env.close(warehouse)
+    # The checkpointed file alone (no WAL) holds the rows and the watermark.
+    warehouse = env.open()
+    assert duck_rows(warehouse) == sqlite_rows(env.sqlite_path)
+    assert warehouse.call(env.mirror(warehouse).catch_up) == 0
 
 
 def test_restart_resumes_from_the_stored_watermark(env: Env) -> None:
