@@ -16,7 +16,7 @@ T = TypeVar("T")
 # Small appends (the mirror's steady passes) sit in DuckDB's WAL and, until a checkpoint, in memory uncompressed:
 # ~600 bytes of each per row. Ten minutes of the soak's 600 events/s (360k rows in 1,500 commits) took ~230 MB of
 # DuckDB memory and made a 1M-event shop's report ~20% slower. Checkpointing once the WAL passes this bounds both.
-WAL_CHECKPOINT_BYTES = 16 << 20
+WAL_CHECKPOINT_BYTES = 64 << 20
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
