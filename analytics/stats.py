@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -473,19 +476,43 @@ def previous_totals_sql(scope: Scope) -> Sql:
 
 
 # The report's joins are written with the small side on the right, where DuckDB builds its hash table. DuckDB's
-# join-order optimizer chose worse for the admin view at 6M events (1.64 s with it, 1.37 s without, in-process);
-# a shop's report and the admin view at 10M took the same time either way. Set for the report's statements only.
+# join-order optimizer chose worse for the admin view at 6M events (DuckDB 2.0.1, in-process: 1.71-1.75 s with it,
+# 1.40-1.48 s without); a shop's report took about the same either way. Set for the reports' statements only.
 WITHOUT_JOIN_ORDER = "SET disabled_optimizers = 'join_order'"
 RESET_OPTIMIZERS = "RESET disabled_optimizers"
 
 
-def compute_report(conn: duckdb.DuckDBPyConnection, request: ReportRequest) -> dict[str, Any]:
-    """The whole report; runs on the warehouse thread, one statement (two with a comparison)."""
-    conn.execute(WITHOUT_JOIN_ORDER)
-    try:
+class JoinOrderSwitch:
+    """Holds join ordering off while any report runs. disabled_optimizers is global to the database (every connection
+    sees it), and reports run side by side on the warehouse's read cursors: the first report to start turns it off,
+    the last to finish turns it back on, so no report is planned with it half-way. Queries that overlap a report are
+    planned without it too; only their speed can differ, never their answers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+
+    @contextmanager
+    def held(self, conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        with self._lock:
+            if self._holders == 0:
+                conn.execute(WITHOUT_JOIN_ORDER)
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    conn.execute(RESET_OPTIMIZERS)
+
+
+def compute_report(conn: duckdb.DuckDBPyConnection, request: ReportRequest,
+                   switch: JoinOrderSwitch | None = None) -> dict[str, Any]:
+    """The whole report, one statement (two with a comparison). Reports that may run at the same time on one
+    database must share a switch (the server keeps one per warehouse); without one, conn is assumed to be alone."""
+    with (switch or JoinOrderSwitch()).held(conn):
         return _compute_report(conn, request)
-    finally:
-        conn.execute(RESET_OPTIMIZERS)
 
 
 def _compute_report(conn: duckdb.DuckDBPyConnection, request: ReportRequest) -> dict[str, Any]:

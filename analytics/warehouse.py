@@ -1,9 +1,12 @@
-"""The DuckDB warehouse: the file, its schema, and the one connection, used from one worker thread."""
+"""The DuckDB warehouse: the file, its schema, the one writing connection (used from one worker thread) and the
+read connections that reports run on side by side."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -62,18 +65,28 @@ INSERT INTO mirror_state (id, watermark, last_sync_at) VALUES (1, 0, NULL) ON CO
 
 
 class Warehouse:
-    """Owns the DuckDB file. Every use of the connection runs on one dedicated thread, in call order."""
+    """Owns the DuckDB file. Every use of the main connection (the mirror's writes, checkpoints) runs on one dedicated
+    thread, in call order; read() runs a job on one of `readers` cursors of the same database, each on a thread of
+    its own, so two reports run side by side instead of one waiting for the other (and for mirror passes)."""
 
     def __init__(self, path: Path | str, *, memory_limit: str = "1GB", threads: int = 2,
-                 read_only: bool = False, wal_checkpoint_bytes: int = WAL_CHECKPOINT_BYTES) -> None:
+                 read_only: bool = False, wal_checkpoint_bytes: int = WAL_CHECKPOINT_BYTES, readers: int = 2) -> None:
+        if readers < 1:
+            raise ValueError("a warehouse needs at least one reader")
         self.path = Path(path) if str(path) != ":memory:" else path
         self.memory_limit = memory_limit
         self.threads = threads
         self.read_only = read_only
         self.wal_checkpoint_bytes = wal_checkpoint_bytes
+        self.readers = readers
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowtel-duckdb")
+        self._read_executor = concurrent.futures.ThreadPoolExecutor(max_workers=readers,
+                                                                    thread_name_prefix="flowtel-duckdb-read")
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._thread_id: int | None = None
+        # Idle read cursors; a job takes one for its duration, so no cursor is ever used by two threads at once.
+        self._cursors: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
+        self._all_cursors: list[duckdb.DuckDBPyConnection] = []
 
     def open_sync(self) -> None:
         """Open the file and create the schema; runs on the worker thread."""
@@ -94,6 +107,12 @@ class Warehouse:
         self._thread_id = threading.get_ident()
         if not self.read_only:
             self._conn.execute(SCHEMA)
+        # Cursors are connections to the same database: each read job runs in its own transaction and sees every
+        # commit made before it started.
+        for _ in range(self.readers):
+            cursor = self._conn.cursor()
+            self._all_cursors.append(cursor)
+            self._cursors.put(cursor)
 
     @property
     def conn(self) -> duckdb.DuckDBPyConnection:
@@ -127,8 +146,29 @@ class Warehouse:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(self.conn))
 
+    def _read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        cursor = self._cursors.get()
+        try:
+            return fn(cursor)
+        finally:
+            self._cursors.put(cursor)
+
+    def read_sync(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run fn(cursor) on a read thread and wait; fn must not write (the mirror owns the writes)."""
+        return self._read_executor.submit(self._read, fn).result()
+
+    async def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run fn(cursor) on a read thread without blocking the event loop; fn must not write."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_executor, functools.partial(self._read, fn))
+
     def close_sync(self) -> None:
+        self._read_executor.shutdown(wait=True)
+
         def close() -> None:
+            for cursor in self._all_cursors:
+                cursor.close()
+            self._all_cursors.clear()
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None

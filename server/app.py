@@ -17,6 +17,7 @@ from aiohttp import web
 from analytics.llm import make_llm
 from analytics.mirror import Mirror
 from analytics.sandbox import SandboxCache
+from analytics.stats import JoinOrderSwitch
 from analytics.warehouse import Warehouse
 from server.auth import auth_middleware, resolve_admin_token
 from server.errors import error_middleware
@@ -26,6 +27,7 @@ from server.keys import (
     ADMIN_TOKEN,
     CHAT_LIMITER,
     CLOCK,
+    JOIN_ORDER,
     LIMITS,
     LLM_CLIENT,
     MIRROR,
@@ -99,6 +101,7 @@ async def analytics_ctx(app: web.Application) -> AsyncIterator[None]:
     mirror = Mirror(settings.database_path)
     await warehouse.run(mirror.load_state)
     app[WAREHOUSE] = warehouse
+    app[JOIN_ORDER] = JoinOrderSwitch()
     app[MIRROR] = mirror
     task = asyncio.create_task(_mirror_loop(app), name="flowtel-mirror")
     yield

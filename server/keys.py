@@ -10,6 +10,7 @@ from aiohttp import web
 from analytics.llm import LLM
 from analytics.mirror import Mirror
 from analytics.sandbox import SandboxCache
+from analytics.stats import JoinOrderSwitch
 from analytics.warehouse import Warehouse
 from server.limits import Limits, TokenBuckets
 from server.settings import Settings
@@ -23,6 +24,8 @@ STORE = web.AppKey("store", Store)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 WAREHOUSE = web.AppKey("warehouse", Warehouse)
 MIRROR = web.AppKey("mirror", Mirror)
+# Shared by the reports that run side by side on the warehouse's read cursors (see JoinOrderSwitch).
+JOIN_ORDER = web.AppKey("join_order", JoinOrderSwitch)
 TELEMETRY = web.AppKey("telemetry", Telemetry)
 SHOPS = web.AppKey("shops", ShopRegistry)
 LIMITS = web.AppKey("limits", Limits)

@@ -5,12 +5,14 @@ catch-up past the watermark."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import random
 import re
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -239,6 +241,81 @@ async def test_query_api_reads_its_writes(make_client: ClientFactory, admin: dic
                                  headers=admin)
         assert resp.status == 200, await resp.text()
         assert (await resp.json())["results"] == [{"dimensions": [], "metrics": [7 if n == 5 else 2]}]
+
+
+def test_reads_run_side_by_side_and_see_every_earlier_commit(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "r.duckdb", memory_limit="256MB", threads=1, readers=2)
+    warehouse.open_sync()
+    try:
+        warehouse.call(lambda conn: conn.execute("UPDATE mirror_state SET watermark = 42 WHERE id = 1"))
+        # Each job waits until the other has started too: with a single reader, or reads on the writer's one
+        # thread, the barrier would break.
+        both = threading.Barrier(2, timeout=10)
+
+        def job(conn: Any) -> int:
+            both.wait()
+            row = conn.execute("SELECT watermark FROM mirror_state").fetchone()
+            return int(row[0])
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            seen = list(pool.map(lambda _: warehouse.read_sync(job), range(2)))
+        assert seen == [42, 42]
+        # While a read is running, the writer's thread is free: a commit lands, and the next read sees it.
+        started, release = threading.Event(), threading.Event()
+
+        def hold(conn: Any) -> None:
+            started.set()
+            assert release.wait(10)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            held = pool.submit(warehouse.read_sync, hold)
+            assert started.wait(10)
+            warehouse.call(lambda conn: conn.execute("UPDATE mirror_state SET watermark = 43 WHERE id = 1"))
+            seen_now = warehouse.read_sync(lambda conn: conn.execute("SELECT watermark FROM mirror_state").fetchone())
+            assert seen_now == (43,)
+            release.set()
+            held.result()
+    finally:
+        warehouse.close_sync()
+
+
+async def test_reports_and_queries_run_on_the_read_connections(make_client: ClientFactory,
+                                                               admin: dict[str, str]) -> None:
+    client = await make_client(mirror_interval=3600.0)
+    warehouse = client.server.app[WAREHOUSE]
+    resp = await client.post("/api/events", json=[{"shopId": "rd", "sessionId": "s", "eventType": "page_view",
+                                                   "url": "https://rd.example/", "userAgent": UA_DESKTOP}])
+    assert resp.status == 201, await resp.text()
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+
+    def hold(conn: Any) -> None:
+        assert release.wait(10)
+
+    def stats() -> Any:
+        return client.get("/api/stats?shopId=rd&period=today", headers=admin)
+
+    def query() -> Any:
+        return client.post("/api/query", json={"shopId": "rd", "metrics": ["events"], "dateRange": "today"},
+                           headers=admin)
+
+    # One reader busy: both still answer, on the other one.
+    first = loop.run_in_executor(None, warehouse.read_sync, hold)
+    for call in (stats, query):
+        resp = await asyncio.wait_for(call(), 10)
+        assert resp.status == 200, await resp.text()
+    # Both readers busy: they wait (so they do not run on the writer's thread), and answer once one is free.
+    second = loop.run_in_executor(None, warehouse.read_sync, hold)
+    await asyncio.sleep(0.2)
+    pending = [asyncio.ensure_future(call()) for call in (stats, query)]
+    done, _ = await asyncio.wait(pending, timeout=0.5)
+    assert not done
+    release.set()
+    await first
+    await second
+    answers = await asyncio.wait_for(asyncio.gather(*pending), 10)
+    assert (await answers[0].json())["totals"]["events"] == 1
+    assert (await answers[1].json())["results"] == [{"dimensions": [], "metrics": [1]}]
 
 
 # ---------------------------------------------------------------------------------------------- extracted columns

@@ -27,7 +27,7 @@ from analytics.stats import (
 from analytics.timerange import parse_range, resolve_timezone
 from server.errors import json_response, read_json_object, validation_error
 from server.events import normalise_event_type
-from server.keys import CLOCK, LIMITS, MIRROR, SHOPS, WAREHOUSE
+from server.keys import CLOCK, JOIN_ORDER, LIMITS, MIRROR, SHOPS, WAREHOUSE
 from server.params import shop_param, timezone_param
 
 # Rows a request may copy into the mirror before it answers; the background loop keeps the lag far below this.
@@ -78,17 +78,12 @@ def _explicit_range(start_raw: str | None, end_raw: str | None, tz_name: str, no
     return start, end
 
 
-def _caught_up(request: web.Request, fn: Callable[[duckdb.DuckDBPyConnection], T]
-               ) -> Callable[[duckdb.DuckDBPyConnection], T]:
-    """fn as one DuckDB job that first catches the mirror up, so the answer holds every event committed before the
-    request and no mirror pass or other report queues between the two."""
-    mirror = request.app[MIRROR]
-
-    def job(conn: duckdb.DuckDBPyConnection) -> T:
-        mirror.catch_up(conn, CATCH_UP_ROWS)
-        return fn(conn)
-
-    return job
+async def _read_caught_up(request: web.Request, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    """fn(cursor) on a read connection, after the mirror caught up on the writing one: the answer holds every event
+    committed before the request. A mirror pass between the two only adds later events."""
+    warehouse, mirror = request.app[WAREHOUSE], request.app[MIRROR]
+    await warehouse.run(lambda conn: mirror.catch_up(conn, CATCH_UP_ROWS))
+    return await warehouse.read(fn)
 
 
 def _scalar(conn: duckdb.DuckDBPyConnection, text: str, params: dict[str, Any]) -> int:
@@ -156,7 +151,7 @@ async def _get_stats(request: web.Request) -> web.Response:
     warehouse = request.app[WAREHOUSE]
     caught_up = False
     if period == "all":
-        first = await warehouse.run(_caught_up(request, lambda conn: _first_event(conn, shop_id)))
+        first = await _read_caught_up(request, lambda conn: _first_event(conn, shop_id))
         start, end = period_range(period, now, tz, first)
         caught_up = True
     elif period is not None:
@@ -172,10 +167,12 @@ async def _get_stats(request: web.Request) -> web.Response:
         previous=previous,
         funnel=funnel,
     )
-    def report(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-        return compute_report(conn, report_request)
+    switch = request.app[JOIN_ORDER]
 
-    return json_response(await warehouse.run(report if caught_up else _caught_up(request, report)))
+    def report(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        return compute_report(conn, report_request, switch)
+
+    return json_response(await (warehouse.read(report) if caught_up else _read_caught_up(request, report)))
 
 
 async def _post_query(request: web.Request) -> web.Response:
@@ -197,7 +194,7 @@ async def _post_query(request: web.Request) -> web.Response:
             raise validation_error("dateRange", f"must be one of {', '.join(PERIODS)} or [start, end]")
         first = None
         if date_range == "all":
-            first = await request.app[WAREHOUSE].run(_caught_up(request, lambda conn: _first_event(conn, shop_id)))
+            first = await _read_caught_up(request, lambda conn: _first_event(conn, shop_id))
         start, end = period_range(date_range, now, tz, first)
         normalised_range: Any = date_range
     elif (isinstance(date_range, list) and len(date_range) == 2
@@ -216,12 +213,11 @@ async def _post_query(request: web.Request) -> web.Response:
     # DuckDB's regular expressions are RE2, stricter than Python's re (no look-arounds or back-references).
     patterns = [(i, p) for i, f in enumerate(query.filters) if f.op == "matches" for p in f.values]
     if patterns:
-        bad = await request.app[WAREHOUSE].run(lambda conn: _first_bad_pattern(conn, patterns))
+        bad = await request.app[WAREHOUSE].read(lambda conn: _first_bad_pattern(conn, patterns))
         if bad is not None:
             raise validation_error(f"filters[{bad[0]}]", f"{bad[1]!r} is not a regular expression DuckDB (RE2) "
                                    "accepts: look-arounds and back-references are not supported")
-    rows = await request.app[WAREHOUSE].run(
-        _caught_up(request, lambda conn: conn.execute(sql.text, sql.params).fetchall()))
+    rows = await _read_caught_up(request, lambda conn: conn.execute(sql.text, sql.params).fetchall())
 
     n_dims = len(query.dimensions)
     results = []
@@ -237,7 +233,7 @@ async def _post_query(request: web.Request) -> web.Response:
         total = int(rows[0][-1])
     elif query.offset:
         count_sql = build_count_sql(query, scope)
-        total = await request.app[WAREHOUSE].run(lambda conn: _scalar(conn, count_sql.text, count_sql.params))
+        total = await request.app[WAREHOUSE].read(lambda conn: _scalar(conn, count_sql.text, count_sql.params))
     else:
         total = 0
     normalised = {
