@@ -299,20 +299,16 @@ async def test_reports_and_queries_run_on_the_read_connections(make_client: Clie
         return client.post("/api/query", json={"shopId": "rd", "metrics": ["events"], "dateRange": "today"},
                            headers=admin)
 
-    # One reader busy: both still answer, on the other one.
-    first = loop.run_in_executor(None, warehouse.read_sync, hold)
-    for call in (stats, query):
-        resp = await asyncio.wait_for(call(), 10)
-        assert resp.status == 200, await resp.text()
-    # Both readers busy: they wait (so they do not run on the writer's thread), and answer once one is free.
-    second = loop.run_in_executor(None, warehouse.read_sync, hold)
+    # Every reader busy: the report and the query wait (so they do not run on the writer's thread, which is free),
+    # and answer once a reader is free.
+    held = [loop.run_in_executor(None, warehouse.read_sync, hold) for _ in range(warehouse.readers)]
     await asyncio.sleep(0.2)
     pending = [asyncio.ensure_future(call()) for call in (stats, query)]
     done, _ = await asyncio.wait(pending, timeout=0.5)
     assert not done
+    assert await asyncio.wait_for(warehouse.run(lambda conn: 1), 5) == 1
     release.set()
-    await first
-    await second
+    await asyncio.gather(*held)
     answers = await asyncio.wait_for(asyncio.gather(*pending), 10)
     assert (await answers[0].json())["totals"]["events"] == 1
     assert (await answers[1].json())["results"] == [{"dimensions": [], "metrics": [1]}]
