@@ -484,7 +484,7 @@ RESET_OPTIMIZERS = "RESET disabled_optimizers"
 
 class JoinOrderSwitch:
     """Holds join ordering off while any report runs. disabled_optimizers is global to the database (every connection
-    sees it), and reports run side by side on the warehouse's read cursors: the first report to start turns it off,
+    sees it), and reports can run side by side on a warehouse's read cursors: the first report to start turns it off,
     the last to finish turns it back on, so no report is planned with it half-way. Queries that overlap a report are
     planned without it too; only their speed can differ, never their answers."""
 

@@ -1,5 +1,5 @@
 """The DuckDB warehouse: the file, its schema, the one writing connection (used from one worker thread) and the
-read connections that reports run on side by side."""
+read connections that reports and queries run on."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class Warehouse:
     its own, so reports neither wait for mirror passes nor hold them up.
 
     One reader by default: two let two reports run side by side, but in the soak (two dashboards polling a 1M-event
-    shop under ingestion) that gave no steadier stats p99 (425 and 591 ms, against 471 and 471 with one) and two
+    shop under ingestion) that gave no steadier stats p99 (425 and 591 ms, against 471, 471 and 436 with one) and two
     reports' working memory at once."""
 
     def __init__(self, path: Path | str, *, memory_limit: str = "1GB", threads: int = 2,
