@@ -8,14 +8,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import pyarrow as pa
 
 from analytics import sqlitelib
 from analytics.source import SqliteSource, int64_array, max_batch_seq
+from analytics.warehouse import Warehouse
 
 log = logging.getLogger("flowtel.mirror")
+
+T = TypeVar("T")
+
+# Rows a request may copy into the mirror before it answers; the background loop keeps the lag far below this.
+CATCH_UP_ROWS = 5_000_000
 
 
 def _host(column: str) -> str:
@@ -254,6 +261,13 @@ class Mirror:
         if copied:
             log.debug("mirrored %d rows in %.3fs", copied, self.status.last_duration_s)
         return copied
+
+
+async def read_caught_up(warehouse: Warehouse, mirror: Mirror, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    """fn(cursor) on one of the warehouse's read connections, after the mirror caught up on the writing one: the
+    answer holds every event committed before the call. A mirror pass between the two only adds later events."""
+    await warehouse.run(lambda conn: mirror.catch_up(conn, CATCH_UP_ROWS))
+    return await warehouse.read(fn)
 
 
 def _changed(cursor: duckdb.DuckDBPyConnection) -> int:

@@ -290,7 +290,7 @@ def jsonable(value: Any, string_limit: int | None = None) -> Any:
 # The instance.
 
 def copy_shop_rows(conn: duckdb.DuckDBPyConnection, shop_id: str) -> pa.Table:
-    """One shop's warehouse rows, without the shop column (runs on the warehouse thread)."""
+    """One shop's warehouse rows, without the shop column (runs on a warehouse read connection)."""
     # Its own cursor: the shared connection may hold another caller's unread execute() result.
     cursor = conn.cursor()
     try:

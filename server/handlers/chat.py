@@ -14,6 +14,7 @@ from aiohttp import web
 from analytics.chat import ChatAnswer, ChatTimeout, ask_llm
 from analytics.chat_builtin import EXAMPLES, NotUnderstood, Plan, answer, route
 from analytics.llm import LLMError
+from analytics.mirror import CATCH_UP_ROWS
 from analytics.sandbox import Result, Sandbox, copy_shop_rows, describe
 from analytics.timerange import resolve_timezone
 from server.auth import principal_of, scoped_shop
@@ -27,8 +28,6 @@ log = logging.getLogger("flowtel.chat")
 MAX_MESSAGE_CHARS = 2000
 HISTORY_MESSAGES = 6
 REQUEST_DEADLINE_S = 60.0
-# Rows a request may copy into the mirror before it answers (as for stats).
-CATCH_UP_ROWS = 5_000_000
 DAY_MS = 86_400_000
 
 
@@ -56,7 +55,7 @@ async def _sandbox(request: web.Request, shop_id: str) -> Sandbox:
     watermark = mirror.status.watermark
     sandbox = cache.get(shop_id, watermark)
     if sandbox is None:
-        rows = await warehouse.run(lambda conn: copy_shop_rows(conn, shop_id))
+        rows = await warehouse.read(lambda conn: copy_shop_rows(conn, shop_id))
         sandbox = await asyncio.to_thread(Sandbox, rows)
         cache.put(shop_id, watermark, sandbox)
     return sandbox

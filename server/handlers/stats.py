@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -10,6 +10,7 @@ import duckdb
 from aiohttp import web
 
 from analytics.metrics import METRICS, finish_metric, format_hour
+from analytics.mirror import read_caught_up
 from analytics.query import QueryError, Scope, build_count_sql, build_query_sql, parse_query
 from analytics.stats import (
     DEFAULT_FUNNEL,
@@ -30,8 +31,6 @@ from server.events import normalise_event_type
 from server.keys import CLOCK, JOIN_ORDER, LIMITS, MIRROR, SHOPS, WAREHOUSE
 from server.params import shop_param, timezone_param
 
-# Rows a request may copy into the mirror before it answers; the background loop keeps the lag far below this.
-CATCH_UP_ROWS = 5_000_000
 SELECT_FIRST_EVENT = "SELECT min(ts) FROM events WHERE ($shop IS NULL OR shop_id = $shop)"
 _BOOLS = {"true": True, "1": True, "false": False, "0": False}
 T = TypeVar("T")
@@ -78,12 +77,8 @@ def _explicit_range(start_raw: str | None, end_raw: str | None, tz_name: str, no
     return start, end
 
 
-async def _read_caught_up(request: web.Request, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-    """fn(cursor) on a read connection, after the mirror caught up on the writing one: the answer holds every event
-    committed before the request. A mirror pass between the two only adds later events."""
-    warehouse, mirror = request.app[WAREHOUSE], request.app[MIRROR]
-    await warehouse.run(lambda conn: mirror.catch_up(conn, CATCH_UP_ROWS))
-    return await warehouse.read(fn)
+def _read_caught_up(request: web.Request, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> Awaitable[T]:
+    return read_caught_up(request.app[WAREHOUSE], request.app[MIRROR], fn)
 
 
 def _scalar(conn: duckdb.DuckDBPyConnection, text: str, params: dict[str, Any]) -> int:
