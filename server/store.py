@@ -276,6 +276,7 @@ class Store:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._salts: dict[str, bytes] = {}
+        self._salt_lookups: dict[str, asyncio.Future[bytes]] = {}
         self.last_seq = 0
         # The last write failure that said storage is unusable; cleared by the next successful write or probe.
         self.fault: str | None = None
@@ -382,18 +383,20 @@ class Store:
         salt = self._salts.get(day)
         if salt is not None:
             return salt
+        # One lookup per day however many requests miss the cache at once. At start-up and at UTC midnight every
+        # request in flight misses it: under bench-ingest's 64 connections, each queueing its own write transaction
+        # made those first requests wait ~125 ms on average.
+        pending = self._salt_lookups.get(day)
+        if pending is None:
+            pending = self._salt_lookups[day] = asyncio.ensure_future(self.write(functools.partial(_ensure_salt,
+                                                                                                   day=day)))
+            pending.add_done_callback(lambda done: self._salt_looked_up(day, done))
+        return await asyncio.shield(pending)
 
-        async def ensure(conn: aiosqlite.Connection) -> bytes:
-            await conn.execute(INSERT_SALT, (day, secrets.token_bytes(32)))
-            await conn.execute(DELETE_OLD_SALTS, (day,))
-            async with conn.execute(SELECT_SALT, (day,)) as cursor:
-                row = await cursor.fetchone()
-            assert row is not None
-            return bytes(row[0])
-
-        salt = await self.write(ensure)
-        self._salts = {day: salt}
-        return salt
+    def _salt_looked_up(self, day: str, done: asyncio.Future[bytes]) -> None:
+        del self._salt_lookups[day]
+        if not done.cancelled() and done.exception() is None:
+            self._salts = {day: done.result()}
 
     async def probe(self) -> str | None:
         """Try a write that needs new pages and roll it back: None when the store takes writes, else the fault."""
@@ -529,6 +532,15 @@ class Store:
         else:
             if not call.future.done():
                 call.future.set_result(result)
+
+
+async def _ensure_salt(conn: aiosqlite.Connection, day: str) -> bytes:
+    await conn.execute(INSERT_SALT, (day, secrets.token_bytes(32)))
+    await conn.execute(DELETE_OLD_SALTS, (day,))
+    async with conn.execute(SELECT_SALT, (day,)) as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return bytes(row[0])
 
 
 async def _delete_chunk(conn: aiosqlite.Connection, seqs: list[int]) -> int:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -147,3 +148,39 @@ def test_nothing_in_the_server_process_opens_sqlite_around_sqlitelib() -> None:
         if line.startswith("import sqlite3") or "sqlite3.connect(" in line or "aiosqlite.connect(" in line
     ]
     assert offenders == []
+
+
+async def test_requests_that_miss_the_days_salt_together_share_one_write(store: Store) -> None:
+    """At start-up and at UTC midnight every request in flight misses the salt cache: one write, not one each."""
+    writes = []
+    original = store.write
+
+    async def counting_write(fn: Any) -> Any:
+        writes.append(fn)
+        return await original(fn)
+
+    store.write = counting_write  # type: ignore[method-assign]
+    salts = await asyncio.gather(*(store.salt_for("2026-11-27") for _ in range(64)))
+    assert len(writes) == 1 and len(set(salts)) == 1 and len(salts[0]) == 32
+    assert await store.salt_for("2026-11-27") == salts[0] and len(writes) == 1  # cached
+    tomorrow = await asyncio.gather(*(store.salt_for("2026-11-28") for _ in range(8)))
+    assert len(writes) == 2 and len(set(tomorrow)) == 1 and tomorrow[0] != salts[0]
+
+
+async def test_a_failed_salt_lookup_fails_its_waiters_and_the_next_request_retries(store: Store) -> None:
+    original = store.write
+    attempts = 0
+
+    async def failing_once(fn: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            await asyncio.sleep(0.01)
+            raise sqlite3.OperationalError("disk I/O error")
+        return await original(fn)
+
+    store.write = failing_once  # type: ignore[method-assign]
+    results = await asyncio.gather(*(store.salt_for("2026-11-27") for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, sqlite3.OperationalError) for r in results) and attempts == 1
+    salt = await store.salt_for("2026-11-27")
+    assert len(salt) == 32 and attempts == 2
