@@ -7,10 +7,12 @@ Over loopback, with `wrk -t1` and fresh time-ordered event ids in every request,
       synchronous FULL), against an empty store and against a store already holding 10M events;
   (c) a trivial aiohttp server (separate process) that parses the same JSON with orjson and answers 202
       without storing, driven by the same wrk scripts: the parse-only ceiling;
+  (e) the floor: (c) plus the server's own group commit (server.store.Store), answering after the commit, with no
+      validation, middleware, CORS or event-shaped answer (single events, empty store): the most (a) ÷ (c) can be;
   (d) plain executemany of the same rows (the server's SQLite library), 1,000 per transaction, into the schema that
       server.store.prepare_database creates, empty and at 10M: the storage ceiling;
 and prints events/s, requests/s, p50/p99 latency and the ratios a ÷ c (target >= 0.5) and b ÷ d
-(target >= 0.6) for both store sizes. bench/README.md explains every figure.
+(target >= 0.6) for both store sizes, and e ÷ c. bench/README.md explains every figure.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -374,6 +376,52 @@ def serve_parse_only(port: int, access_log: bool) -> None:
         web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
+def start_floor(db: Path, log: Path, cpu: str | None) -> Service:
+    port = free_port()
+    return Service(pinned(cpu, [sys.executable, "-m", "bench.ingest", "--floor-server", str(port), str(db)]),
+                   dict(os.environ), log, port, "/healthz")
+
+
+def serve_floor(port: int, db: Path) -> None:
+    """(e): (c) plus the server's own durable write path, and nothing else.
+
+    The handler parses the single event, hands it to server.store.Store (the same group commit, synchronous FULL and
+    pragmas as `flowtel serve`) and answers 201 only after the commit. No middleware, CORS, validation, enrichment or
+    event-shaped response: what (a) adds on top of this is what the contract asks for.
+    """
+    import orjson
+    from aiohttp import web
+
+    from server.events import NewEvent
+    from server.store import Store
+
+    store_key = web.AppKey("store", Store)
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = Store(db)
+        await store.open()
+        app[store_key] = store
+        yield
+        await store.close()
+
+    async def post_events(request: web.Request) -> web.Response:
+        doc = orjson.loads(await request.read())
+        now = time.time_ns() // 1_000_000
+        event = NewEvent(doc["id"], doc["shopId"], doc["sessionId"], doc["eventType"], doc["eventType"], "{}", now,
+                         None, None, None, now, None, None, None, "other", None, False, "")
+        await request.app[store_key].insert_events([event])
+        return web.Response(status=201, body=b'{"accepted":1}', content_type="application/json")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app.cleanup_ctx.append(store_ctx)
+    app.router.add_post("/api/events", post_events)
+    app.router.add_get("/healthz", healthz)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
 # ---------------------------------------------------------------------------------------------------- measuring
 
 
@@ -516,6 +564,27 @@ def measure_parse_only(batch: int, service: Service, args: argparse.Namespace, s
     w = run_wrk(service, scripts.make(batch), args.duration, args)
     what = "single-event" if batch == 1 else f"{batch}-event batch"
     return wrk_result(f"(c) parse-only aiohttp, {what}", "-", w, batch, [busy] if busy else [])
+
+
+def measure_floor(args: argparse.Namespace, scripts: ScriptMaker, work: Path) -> Result:
+    db = work / "floor.db"
+    service = start_floor(db, work / "floor.log", args.server_cpu)
+    try:
+        busy = wait_quiet()
+        run_wrk(service, scripts.make(1), args.warmup, args)
+        warm = max_seq(db)
+        w = run_wrk(service, scripts.make(1), args.duration, args)
+    finally:
+        code = service.stop()
+    stored = max_seq(db) - warm
+    remove_store(db)
+    notes = [busy] if busy else []
+    if code != 0:
+        notes.append(f"server exit code {code}")
+    if stored < w.ok_requests:
+        notes.append(f"ONLY {stored} rows stored for {w.ok_requests} acknowledged")
+    (work / "floor.log").unlink(missing_ok=True)
+    return wrk_result("(e) floor: (c) + group commit, single-event", "empty", w, 1, notes)
 
 
 def measure_executemany(label: str, store: str, db: Path, seconds: float, synchronous: str) -> Result:
@@ -747,6 +816,12 @@ def ratio_line(what: str, num: Result | None, den: Result | None, target: float,
     return f"{what}: {a:,.0f} / {b:,.0f} = {value:.2f}  ({verdict} the >= {target:.2f} target)"
 
 
+def share_line(what: str, num: Result, den: Result | None) -> str:
+    if den is None or num.requests_s is None or den.requests_s is None:
+        return f"{what}: not measured"
+    return f"{what}: {num.requests_s:,.0f} / {den.requests_s:,.0f} = {num.requests_s / den.requests_s:.2f}"
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
 
@@ -767,6 +842,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-prefilled", action="store_true", help="only the empty-store figures")
     parser.add_argument("--parse-only-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--parse-only-access-log", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--floor-server", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.server_cpu, args.wrk_cpu = ("0", "1") if args.pin == "split" else (None, None)
     return args
@@ -780,6 +856,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.parse_only_server is not None:
         serve_parse_only(args.parse_only_server, args.parse_only_access_log)
+        return
+    if args.floor_server is not None:
+        serve_floor(int(args.floor_server[0]), Path(args.floor_server[1]))
         return
     print(f"$ {shlex.join([sys.executable, '-m', 'bench.ingest', *(sys.argv[1:] if argv is None else argv)])}",
           flush=True)
@@ -805,6 +884,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(ratio_line(f"(a)/(c) single-event durable ingestion / parse-only, {store} store, {sync} "
                                  "(req/s)", results[("(a)", store, sync)], results.get(("(c)", "-", "1")), 0.5,
                                  "requests"))
+        if sync == "FULL" and ("(e)", "empty", "FULL") in results:
+            print(share_line("(e)/(c) the floor: parse + group commit, no validation, middleware, CORS or event "
+                             "response (req/s)", results[("(e)", "empty", "FULL")], results.get(("(c)", "-", "1"))))
         for store in stores:
             if ("(b)", store, sync) in results:
                 print(ratio_line(f"(b)/(d) batched ingestion / sqlite3 executemany, {store} store, {sync} "
@@ -851,6 +933,9 @@ def run_all(args: argparse.Namespace, work: Path) -> tuple[dict[tuple[str, str, 
     finally:
         service.stop()
     (work / "parse-only.log").unlink(missing_ok=True)
+
+    log("(e) floor: the parse-only server plus the server's own group commit, nothing else [empty] ...")
+    show(("(e)", "empty", "FULL"), measure_floor(args, scripts, work))
 
     def flowtel(kind: str, store: str, synchronous: str | None) -> None:
         batch = 1 if kind == "(a)" else BATCH
