@@ -263,10 +263,13 @@ class Mirror:
         return copied
 
 
-async def read_caught_up(warehouse: Warehouse, mirror: Mirror, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+async def read_caught_up(warehouse: Warehouse, mirror: Mirror | None,
+                         fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
     """fn(cursor) on one of the warehouse's read connections, after the mirror caught up on the writing one: the
-    answer holds every event committed before the call. A mirror pass between the two only adds later events."""
-    await warehouse.run(lambda conn: mirror.catch_up(conn, CATCH_UP_ROWS))
+    answer holds every event committed before the call. A mirror pass between the two only adds later events.
+    Without a mirror (a warehouse read on its own, as `flowtel analyze` opens it) fn just runs."""
+    if mirror is not None:
+        await warehouse.run(lambda conn: mirror.catch_up(conn, CATCH_UP_ROWS))
     return await warehouse.read(fn)
 
 

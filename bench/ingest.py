@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -529,10 +529,11 @@ def max_seq(db: Path) -> int:
         conn.close()
 
 
-def measure_flowtel(label: str, store: str, db: Path, batch: int, args: argparse.Namespace, scripts: ScriptMaker,
-                    work: Path, synchronous: str | None = None) -> Result:
+def measure_server(label: str, store: str, db: Path, batch: int, args: argparse.Namespace, scripts: ScriptMaker,
+                   work: Path, start: Callable[[Path, Path], Service]) -> Result:
+    """wrk against a storing server that start(db, log) launches; every acknowledged event must be in db after."""
     log = work / f"server-{scripts.count + 1}.log"
-    server = start_flowtel(db, log, synchronous, args.server_cpu)
+    server = start(db, log)
     try:
         busy = wait_quiet()
         run_wrk(server, scripts.make(batch), args.warmup, args)
@@ -564,27 +565,6 @@ def measure_parse_only(batch: int, service: Service, args: argparse.Namespace, s
     w = run_wrk(service, scripts.make(batch), args.duration, args)
     what = "single-event" if batch == 1 else f"{batch}-event batch"
     return wrk_result(f"(c) parse-only aiohttp, {what}", "-", w, batch, [busy] if busy else [])
-
-
-def measure_floor(args: argparse.Namespace, scripts: ScriptMaker, work: Path) -> Result:
-    db = work / "floor.db"
-    service = start_floor(db, work / "floor.log", args.server_cpu)
-    try:
-        busy = wait_quiet()
-        run_wrk(service, scripts.make(1), args.warmup, args)
-        warm = max_seq(db)
-        w = run_wrk(service, scripts.make(1), args.duration, args)
-    finally:
-        code = service.stop()
-    stored = max_seq(db) - warm
-    remove_store(db)
-    notes = [busy] if busy else []
-    if code != 0:
-        notes.append(f"server exit code {code}")
-    if stored < w.ok_requests:
-        notes.append(f"ONLY {stored} rows stored for {w.ok_requests} acknowledged")
-    (work / "floor.log").unlink(missing_ok=True)
-    return wrk_result("(e) floor: (c) + group commit, single-event", "empty", w, 1, notes)
 
 
 def measure_executemany(label: str, store: str, db: Path, seconds: float, synchronous: str) -> Result:
@@ -805,21 +785,18 @@ def print_table(results: Sequence[Result]) -> None:
         print(f"{r.label:<45} {r.store:>5} {r.events_s:>9,.0f} {rps:>10} {r.p50_ms:>7.1f} {r.p99_ms:>7.1f}  {r.note}")
 
 
-def ratio_line(what: str, num: Result | None, den: Result | None, target: float, per: str) -> str:
+def ratio_line(what: str, num: Result | None, den: Result | None, target: float | None, per: str) -> str:
     if num is None or den is None:
         return f"{what}: not measured"
     a = num.requests_s if per == "requests" else num.events_s
     b = den.requests_s if per == "requests" else den.events_s
     assert a is not None and b is not None
     value = a / b
+    line = f"{what}: {a:,.0f} / {b:,.0f} = {value:.2f}"
+    if target is None:
+        return line
     verdict = "meets" if value >= target else "MISSES"
-    return f"{what}: {a:,.0f} / {b:,.0f} = {value:.2f}  ({verdict} the >= {target:.2f} target)"
-
-
-def share_line(what: str, num: Result, den: Result | None) -> str:
-    if den is None or num.requests_s is None or den.requests_s is None:
-        return f"{what}: not measured"
-    return f"{what}: {num.requests_s:,.0f} / {den.requests_s:,.0f} = {num.requests_s / den.requests_s:.2f}"
+    return f"{line}  ({verdict} the >= {target:.2f} target)"
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -885,8 +862,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                  "(req/s)", results[("(a)", store, sync)], results.get(("(c)", "-", "1")), 0.5,
                                  "requests"))
         if sync == "FULL" and ("(e)", "empty", "FULL") in results:
-            print(share_line("(e)/(c) the floor: parse + group commit, no validation, middleware, CORS or event "
-                             "response (req/s)", results[("(e)", "empty", "FULL")], results.get(("(c)", "-", "1"))))
+            print(ratio_line("(e)/(c) the floor: parse + group commit, no validation, middleware, CORS or event "
+                             "response (req/s)", results[("(e)", "empty", "FULL")], results.get(("(c)", "-", "1")),
+                             None, "requests"))
         for store in stores:
             if ("(b)", store, sync) in results:
                 print(ratio_line(f"(b)/(d) batched ingestion / sqlite3 executemany, {store} store, {sync} "
@@ -935,7 +913,13 @@ def run_all(args: argparse.Namespace, work: Path) -> tuple[dict[tuple[str, str, 
     (work / "parse-only.log").unlink(missing_ok=True)
 
     log("(e) floor: the parse-only server plus the server's own group commit, nothing else [empty] ...")
-    show(("(e)", "empty", "FULL"), measure_floor(args, scripts, work))
+    floor_db = work / "floor.db"
+    try:
+        show(("(e)", "empty", "FULL"),
+             measure_server("(e) floor: (c) + group commit, single-event", "empty", floor_db, 1, args, scripts, work,
+                            lambda db, log: start_floor(db, log, args.server_cpu)))
+    finally:
+        remove_store(floor_db)
 
     def flowtel(kind: str, store: str, synchronous: str | None) -> None:
         batch = 1 if kind == "(a)" else BATCH
@@ -946,7 +930,8 @@ def run_all(args: argparse.Namespace, work: Path) -> tuple[dict[tuple[str, str, 
         fresh(db, store)
         try:
             show((kind, store, synchronous or "FULL"),
-                 measure_flowtel(label, store, db, batch, args, scripts, work, synchronous))
+                 measure_server(label, store, db, batch, args, scripts, work,
+                                lambda db, log: start_flowtel(db, log, synchronous, args.server_cpu)))
         finally:
             remove_store(db)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 import duckdb
@@ -20,8 +20,6 @@ from analytics.timerange import resolve_timezone
 from analytics.warehouse import Warehouse
 from server.events import format_ms, new_event_id
 from server.store import Store
-
-T = TypeVar("T")
 
 log = logging.getLogger("flowtel.insights")
 
@@ -91,11 +89,6 @@ async def list_insights(store: Store, flt: InsightFilter, limit: int, offset: in
     return [insight_json(row) for row in rows], total
 
 
-def _read(warehouse: Warehouse, mirror: Mirror | None, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> Awaitable[T]:
-    """fn on a warehouse read connection, after catching the mirror up when there is one."""
-    return read_caught_up(warehouse, mirror, fn) if mirror is not None else warehouse.read(fn)
-
-
 def last_complete_day(now: datetime, tz_name: str) -> date:
     return now.astimezone(resolve_timezone(tz_name)).date() - timedelta(days=1)
 
@@ -103,7 +96,7 @@ def last_complete_day(now: datetime, tz_name: str) -> date:
 async def generate_insights(store: Store, warehouse: Warehouse, mirror: Mirror | None, llm: LLM | None,
                             shop_id: str, day: date, tz_name: str, now_ms: int) -> list[dict[str, Any]]:
     """Detect on the warehouse, word (templates or LLM), replace the day's stored insights; returns them as JSON."""
-    findings = await _read(warehouse, mirror, lambda conn: compute_findings(conn, shop_id, day, tz_name))
+    findings = await read_caught_up(warehouse, mirror, lambda conn: compute_findings(conn, shop_id, day, tz_name))
     items = [(f.type, f.metadata(day, tz_name)) for f in findings]
     wordings = await narrate_all(items, llm)
     rows = []
@@ -140,7 +133,7 @@ async def generate_for_active_shops(store: Store, warehouse: Warehouse, mirror: 
     """The daily job's pass: every shop active in the last week, for its last complete day in its own timezone
     (`timezone_of`: a registered shop's timezone, else UTC); insights per shop."""
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
-    shops = await _read(warehouse, mirror, lambda conn: active_shops(conn, now))
+    shops = await read_caught_up(warehouse, mirror, lambda conn: active_shops(conn, now))
     written = {}
     for shop_id in shops:
         tz_name = timezone_of(shop_id)
